@@ -1,0 +1,37 @@
+# Two commands on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint typecheck protos install clean
+
+run: install ## set up, then start `authsvc dev` (local issuer, no Supabase needed)
+	$(BIN)/authsvc dev
+
+test: install lint typecheck ## set up, lint, type-check and run the tests
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/hadolint Dockerfile
+
+typecheck: install
+	$(BIN)/mypy
+
+install: $(STAMP)
+
+# Reinstall when the package definition or the protos change. The editable
+# install runs setup.py's build step, which generates the stubs.
+$(STAMP): pyproject.toml setup.py $(shell find protos -name '*.proto')
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+protos: install ## regenerate the Python stubs from protos/
+	$(BIN)/python -c 'import setup' 2>/dev/null || $(BIN)/python setup.py build_py --quiet
+
+clean:
+	rm -rf $(VENV) build *.egg-info authsvc/v1

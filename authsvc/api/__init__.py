@@ -1,0 +1,1 @@
+"""Servicers: proto messages in, calls on the core, proto messages out."""

@@ -1,0 +1,191 @@
+"""The `authsvc` command: serve, dev, token, verify."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from authsvc.config import ConfigError, Settings
+from authsvc.dev.issuer import (
+    DEFAULT_DEV_DIR,
+    DEFAULT_TOKEN_LIFETIME_SECONDS,
+    DEV_EMAIL,
+    DEV_USER_ID,
+    DevIssuer,
+)
+from authsvc.ops.logging import configure_logging
+from authsvc.server import BindError, serve
+
+logger = logging.getLogger(__name__)
+
+EXIT_CONFIG = 2
+EXIT_FAILED = 1
+DEFAULT_VERIFY_TARGET = "localhost:50051"
+DEFAULT_VERIFY_TIMEOUT_SECONDS = 5.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    handler = args.handler
+    try:
+        return int(handler(args))
+    except ConfigError as exc:
+        print(f"authsvc: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except BindError as exc:
+        logger.error("start-up failed: %s", exc)
+        print(f"authsvc: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="authsvc",
+        description="Supabase token verification over gRPC, for apps on Fly.io.",
+    )
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve_cmd = commands.add_parser(
+        "serve", help="run the server, configured from the environment"
+    )
+    serve_cmd.set_defaults(handler=_serve)
+
+    dev_cmd = commands.add_parser(
+        "dev", help="run the server with a local issuer; no Supabase project needed"
+    )
+    dev_cmd.set_defaults(handler=_dev)
+
+    token_cmd = commands.add_parser(
+        "token", help="mint a token signed by the dev issuer (for `authsvc dev`)"
+    )
+    token_cmd.add_argument("--sub", default=DEV_USER_ID, help="user id (sub)")
+    token_cmd.add_argument("--email", default=DEV_EMAIL)
+    token_cmd.add_argument("--role", default="authenticated")
+    token_cmd.add_argument("--org-id", help="custom claim org_id")
+    token_cmd.add_argument("--user-role", help="custom claim user_role")
+    token_cmd.add_argument(
+        "--expires-in",
+        type=int,
+        default=DEFAULT_TOKEN_LIFETIME_SECONDS,
+        help="lifetime in seconds (negative for an expired token)",
+    )
+    token_cmd.add_argument("--anonymous", action="store_true", help="is_anonymous")
+    token_cmd.add_argument(
+        "--claim",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help="any other claim, value as JSON (repeatable)",
+    )
+    token_cmd.set_defaults(handler=_token)
+
+    verify_cmd = commands.add_parser(
+        "verify", help="call VerifyToken on a running server and print the claims"
+    )
+    verify_cmd.add_argument("token")
+    verify_cmd.add_argument("--target", default=DEFAULT_VERIFY_TARGET)
+    verify_cmd.add_argument(
+        "--timeout",
+        dest="timeout_seconds",
+        type=float,
+        default=DEFAULT_VERIFY_TIMEOUT_SECONDS,
+        help="seconds to wait for the answer",
+    )
+    verify_cmd.set_defaults(handler=_verify)
+    return parser
+
+
+def _serve(_: argparse.Namespace) -> int:
+    settings = Settings.from_environ(os.environ)
+    configure_logging(settings.log_level)
+    logger.info(
+        "starting %s",
+        " ".join(f"{key}={value}" for key, value in settings.summary().items()),
+    )
+    asyncio.run(serve(settings))
+    return 0
+
+
+def _dev(_: argparse.Namespace) -> int:
+    from authsvc.dev.mode import run_dev
+
+    configure_logging(os.environ.get("AUTHSVC_LOG_LEVEL", "INFO"), human=True)
+    asyncio.run(run_dev(os.environ))
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    extra: dict[str, Any] = {}
+    if args.org_id is not None:
+        extra["org_id"] = args.org_id
+    if args.user_role is not None:
+        extra["user_role"] = args.user_role
+    for item in args.claim:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            print(f"authsvc: --claim expects NAME=JSON, got {item!r}", file=sys.stderr)
+            return EXIT_CONFIG
+        try:
+            extra[name] = json.loads(value)
+        except ValueError:
+            extra[name] = value
+
+    issuer = DevIssuer(Path(os.environ.get("AUTHSVC_DEV_DIR", DEFAULT_DEV_DIR)))
+    print(
+        issuer.mint(
+            sub=args.sub,
+            email=args.email,
+            role=args.role,
+            expires_in=args.expires_in,
+            is_anonymous=args.anonymous,
+            extra=extra,
+        )
+    )
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    return asyncio.run(_verify_remote(args.target, args.token, args.timeout_seconds))
+
+
+async def _verify_remote(target: str, token: str, timeout_seconds: float) -> int:
+    from authsvc.v1 import auth_pb2, auth_pb2_grpc
+
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = auth_pb2_grpc.AuthServiceStub(channel)
+        try:
+            response = await stub.VerifyToken(
+                auth_pb2.VerifyTokenRequest(token=token), timeout=timeout_seconds
+            )
+        except grpc.aio.AioRpcError as exc:
+            print(_describe_rpc_error(exc), file=sys.stderr)
+            return EXIT_FAILED
+    print(json_format.MessageToJson(response, indent=2))
+    return 0
+
+
+def _describe_rpc_error(exc: grpc.aio.AioRpcError) -> str:
+    reason = ""
+    status = rpc_status.from_call(exc)
+    if status is not None:
+        for detail in status.details:
+            info = error_details_pb2.ErrorInfo()
+            if detail.Unpack(info):
+                reason = f" reason={info.reason}"
+    return f"{exc.code().name}{reason}: {exc.details()}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""Settings, read once from the environment and validated at start-up.
+
+Names follow what users already have: Supabase's own (`SUPABASE_URL`,
+`SUPABASE_JWT_SECRET`) where one exists, `AUTHSVC_*` for ours. A bad value
+fails start-up with a `ConfigError` that names the variable; secrets are
+never echoed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+DEFAULT_LISTEN_ADDR = "[::]:50051"
+DEFAULT_AUDIENCES = ("authenticated",)
+DEFAULT_LEEWAY_SECONDS = 30.0
+MAX_LEEWAY_SECONDS = 300.0
+DEFAULT_JWKS_TTL_SECONDS = 600.0
+DEFAULT_JWKS_COOLDOWN_SECONDS = 10.0
+DEFAULT_JWKS_TIMEOUT_SECONDS = 5.0
+DEFAULT_MAX_TOKEN_BYTES = 16 * 1024
+DEFAULT_SHUTDOWN_GRACE_SECONDS = 8.0
+MIN_JWT_SECRET_CHARS = 32
+
+JWKS_OFF = "off"
+ISSUER_PATH = "/auth/v1"
+JWKS_PATH = "/auth/v1/.well-known/jwks.json"
+
+_SECRET_VARIABLES = frozenset({"SUPABASE_JWT_SECRET"})
+
+
+class ConfigError(Exception):
+    """The configuration cannot work; the message names the variable."""
+
+
+def _comma_list(value: Any) -> Any:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseModel):
+    """Everything the service needs to start, with defaults that work on Fly."""
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True, extra="ignore")
+
+    supabase_url: str | None = Field(default=None, alias="SUPABASE_URL")
+    jwt_secret: SecretStr | None = Field(default=None, alias="SUPABASE_JWT_SECRET")
+    listen_addr: str = Field(default=DEFAULT_LISTEN_ADDR, alias="AUTHSVC_LISTEN_ADDR")
+    issuer_override: str | None = Field(default=None, alias="AUTHSVC_ISSUER")
+    jwks_url_override: str | None = Field(default=None, alias="AUTHSVC_JWKS_URL")
+    audiences: Annotated[tuple[str, ...], Field(min_length=1)] = Field(
+        default=DEFAULT_AUDIENCES, alias="AUTHSVC_AUDIENCES"
+    )
+    leeway_seconds: float = Field(
+        default=DEFAULT_LEEWAY_SECONDS,
+        ge=0,
+        le=MAX_LEEWAY_SECONDS,
+        alias="AUTHSVC_LEEWAY_SECONDS",
+    )
+    jwks_ttl_seconds: float = Field(
+        default=DEFAULT_JWKS_TTL_SECONDS, gt=0, alias="AUTHSVC_JWKS_TTL_SECONDS"
+    )
+    jwks_cooldown_seconds: float = Field(
+        default=DEFAULT_JWKS_COOLDOWN_SECONDS,
+        ge=0,
+        alias="AUTHSVC_JWKS_COOLDOWN_SECONDS",
+    )
+    jwks_timeout_seconds: float = Field(
+        default=DEFAULT_JWKS_TIMEOUT_SECONDS,
+        gt=0,
+        le=60,
+        alias="AUTHSVC_JWKS_TIMEOUT_SECONDS",
+    )
+    max_token_bytes: int = Field(
+        default=DEFAULT_MAX_TOKEN_BYTES,
+        ge=1024,
+        le=1024 * 1024,
+        alias="AUTHSVC_MAX_TOKEN_BYTES",
+    )
+    shutdown_grace_seconds: float = Field(
+        default=DEFAULT_SHUTDOWN_GRACE_SECONDS,
+        ge=0,
+        le=300,
+        alias="AUTHSVC_SHUTDOWN_GRACE_SECONDS",
+    )
+    log_level: str = Field(default="INFO", alias="AUTHSVC_LOG_LEVEL")
+
+    @field_validator("audiences", mode="before")
+    @classmethod
+    def _split_audiences(cls, value: Any) -> Any:
+        return _comma_list(value)
+
+    @field_validator("supabase_url", "issuer_override", "jwks_url_override")
+    @classmethod
+    def _strip_trailing_slash(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        return value.strip().rstrip("/")
+
+    @field_validator("supabase_url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("https://", "http://")):
+            raise ValueError("must start with https:// (or http:// for local use)")
+        return value
+
+    @field_validator("jwt_secret")
+    @classmethod
+    def _check_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        if len(value.get_secret_value()) < MIN_JWT_SECRET_CHARS:
+            raise ValueError(
+                f"must be at least {MIN_JWT_SECRET_CHARS} characters "
+                "(Supabase's legacy JWT secret is)"
+            )
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_log_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
+        return level
+
+    @model_validator(mode="after")
+    def _check_sources(self) -> Settings:
+        if self.issuer is None:
+            raise ValueError(
+                "SUPABASE_URL is not set: set it to your project's URL "
+                "(https://<ref>.supabase.co), or set AUTHSVC_ISSUER"
+            )
+        if self.jwks_url_override is None and self.supabase_url is None:
+            raise ValueError(
+                "the JWKS URL cannot be derived: set SUPABASE_URL, "
+                "or AUTHSVC_JWKS_URL (a URL, or 'off' for a legacy HS256-only project)"
+            )
+        if self.jwks_url is None and self.jwt_secret is None:
+            raise ValueError(
+                "AUTHSVC_JWKS_URL is 'off' and SUPABASE_JWT_SECRET is not set: "
+                "nothing could verify a token"
+            )
+        return self
+
+    @property
+    def issuer(self) -> str | None:
+        if self.issuer_override is not None:
+            return self.issuer_override
+        if self.supabase_url is not None:
+            return self.supabase_url + ISSUER_PATH
+        return None
+
+    def require_issuer(self) -> str:
+        """The issuer; validation guarantees there is one."""
+        if self.issuer is None:
+            raise ConfigError("SUPABASE_URL or AUTHSVC_ISSUER must be set")
+        return self.issuer
+
+    @property
+    def jwks_url(self) -> str | None:
+        """The JWKS URL, or None when switched off (`AUTHSVC_JWKS_URL=off`)."""
+        if self.jwks_url_override is not None:
+            if self.jwks_url_override.lower() == JWKS_OFF:
+                return None
+            return self.jwks_url_override
+        if self.supabase_url is not None:
+            return self.supabase_url + JWKS_PATH
+        return None
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> Settings:
+        """Read settings from an environment mapping; raise ConfigError if bad."""
+        names = {field.alias for field in cls.model_fields.values() if field.alias}
+        values = {name: environ[name] for name in names if name in environ}
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc, values)) from None
+
+    def summary(self) -> dict[str, object]:
+        """The settings as they may be logged: secrets masked."""
+        return {
+            "listen_addr": self.listen_addr,
+            "issuer": self.issuer,
+            "jwks_url": self.jwks_url or "off",
+            "hs256_secret": "set" if self.jwt_secret is not None else "not set",
+            "audiences": ",".join(self.audiences),
+            "leeway_seconds": self.leeway_seconds,
+            "jwks_ttl_seconds": self.jwks_ttl_seconds,
+            "jwks_cooldown_seconds": self.jwks_cooldown_seconds,
+        }
+
+
+def _describe(exc: ValidationError, values: Mapping[str, str]) -> str:
+    problems = []
+    for error in exc.errors(include_input=False, include_url=False):
+        location = error["loc"][0] if error["loc"] else None
+        message = error["msg"].removeprefix("Value error, ")
+        if not isinstance(location, str):
+            problems.append(f"invalid configuration: {message}")
+        elif location in _SECRET_VARIABLES:
+            problems.append(f"{location} (value hidden): {message}")
+        else:
+            problems.append(f"{location}={values.get(location, '')!r}: {message}")
+    return "; ".join(problems)

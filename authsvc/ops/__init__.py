@@ -1,0 +1,1 @@
+"""Operating the service: logging set-up (metrics and checks come later)."""

@@ -1,0 +1,222 @@
+"""Wiring: one server process, its start-up and shutdown sequences.
+
+Start-up: open the HTTP client, build the key set and verifier, bind the port
+(a failed bind is fatal), start serving with health NOT_SERVING, load the keys,
+then mark SERVING. If the keys cannot be loaded yet, a background task keeps
+trying and marks SERVING once verification is possible.
+
+Shutdown is the reverse: health NOT_SERVING, stop taking calls, let in-flight
+calls finish within the grace period, close the HTTP client.
+
+Nothing here is process-global, so several worker processes can later share
+one port on purpose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+import httpx
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from authsvc import __version__
+from authsvc.api.auth import SERVICE_NAME as AUTH_SERVICE_NAME
+from authsvc.api.auth import AuthServicer
+from authsvc.config import Settings
+from authsvc.errors import KeysUnavailable
+from authsvc.tokens import KeySet, TokenVerifier
+from authsvc.v1 import auth_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+KEEPALIVE_TIME_MS = 60_000
+KEEPALIVE_TIMEOUT_MS = 20_000
+MIN_CLIENT_PING_INTERVAL_MS = 5_000
+KEY_RETRY_MIN_SECONDS = 1.0
+KEY_RETRY_MAX_SECONDS = 30.0
+HTTP_CONNECT_TIMEOUT_SECONDS = 3.0
+
+OVERALL_HEALTH = ""
+
+
+class BindError(Exception):
+    """The listen address could not be bound; the message says which and why."""
+
+
+def server_options() -> Sequence[tuple[str, Any]]:
+    return (
+        # gRPC Python enables SO_REUSEPORT by default, which lets a second
+        # instance bind the same port silently. A mistake must fail loudly.
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        ("grpc.keepalive_permit_without_calls", 1),
+        (
+            "grpc.http2.min_recv_ping_interval_without_data_ms",
+            MIN_CLIENT_PING_INTERVAL_MS,
+        ),
+        ("grpc.http2.max_ping_strikes", 0),
+    )
+
+
+class AuthsvcServer:
+    """Owns everything one server process needs, from start to stop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.port: int | None = None
+
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(
+                settings.jwks_timeout_seconds, connect=HTTP_CONNECT_TIMEOUT_SECONDS
+            ),
+            follow_redirects=False,
+            headers={"user-agent": f"authsvc/{__version__}"},
+        )
+        jwks_url = settings.jwks_url
+        self.keys = (
+            KeySet(
+                jwks_url,
+                self._http,
+                ttl_seconds=settings.jwks_ttl_seconds,
+                cooldown_seconds=settings.jwks_cooldown_seconds,
+                timeout_seconds=settings.jwks_timeout_seconds,
+            )
+            if jwks_url is not None
+            else None
+        )
+        secret = settings.jwt_secret
+        self.verifier = TokenVerifier(
+            issuer=settings.require_issuer(),
+            audiences=settings.audiences,
+            leeway_seconds=settings.leeway_seconds,
+            max_token_bytes=settings.max_token_bytes,
+            keys=self.keys,
+            hs256_secret=secret.get_secret_value() if secret is not None else None,
+        )
+        self.health = health.aio.HealthServicer()
+        self._grpc = grpc.aio.server(options=server_options())
+        self._key_loader: asyncio.Task[None] | None = None
+
+    async def start(self) -> int:
+        """Bind, serve, load keys, mark health; return the bound port."""
+        auth_pb2_grpc.add_AuthServiceServicer_to_server(
+            AuthServicer(self.verifier), self._grpc
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
+        reflection.enable_server_reflection(
+            (AUTH_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            self._grpc,
+        )
+        await self._set_health(serving=False)
+
+        self.port = self._bind(self.settings.listen_addr)
+        await self._grpc.start()
+        logger.info(
+            "listening addr=%s port=%d version=%s",
+            self.settings.listen_addr,
+            self.port,
+            __version__,
+        )
+
+        await self._load_keys_once()
+        if self.verifier.ready:
+            await self._set_health(serving=True)
+        else:
+            self._key_loader = asyncio.create_task(self._load_keys_until_ready())
+        return self.port
+
+    async def stop(self) -> None:
+        """Drain and stop; every step is bounded by the grace period."""
+        grace = self.settings.shutdown_grace_seconds
+        logger.info("shutting down grace_seconds=%g", grace)
+
+        await self.health.enter_graceful_shutdown()
+        if self._key_loader is not None:
+            self._key_loader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._key_loader
+
+        await self._grpc.stop(grace)
+        await self._http.aclose()
+        logger.info("stopped")
+
+    def _bind(self, address: str) -> int:
+        try:
+            port = int(self._grpc.add_insecure_port(address))
+        except RuntimeError as exc:
+            raise BindError(
+                f"cannot listen on {address}: the address is in use or not available "
+                "on this machine (set AUTHSVC_LISTEN_ADDR)"
+            ) from exc
+        if port == 0:
+            raise BindError(f"cannot listen on {address} (set AUTHSVC_LISTEN_ADDR)")
+        return port
+
+    async def _load_keys_once(self) -> None:
+        if self.keys is None:
+            return
+        try:
+            await self.keys.refresh()
+        except KeysUnavailable as exc:  # KeySet logged the cause
+            logger.warning("keys not loaded at start-up; will retry error=%s", exc)
+        else:
+            logger.info(
+                "keys loaded url=%s keys=%d", self.keys.url, self.keys.key_count
+            )
+
+    async def _load_keys_until_ready(self) -> None:
+        delay = KEY_RETRY_MIN_SECONDS
+        while not self.verifier.ready:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, KEY_RETRY_MAX_SECONDS)
+            await self._load_keys_once()
+        await self._set_health(serving=True)
+
+    async def _set_health(self, *, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in (OVERALL_HEALTH, AUTH_SERVICE_NAME):
+            await self.health.set(name, status)
+        logger.info("health status=%s", "SERVING" if serving else "NOT_SERVING")
+
+
+async def serve(settings: Settings) -> None:
+    """Run one server until SIGTERM or SIGINT, then shut down gracefully."""
+    server = AuthsvcServer(settings)
+    await server.start()
+    await wait_for_stop_signal()
+    await server.stop()
+
+
+async def wait_for_stop_signal() -> None:
+    """Return on the first SIGTERM/SIGINT; a second one exits at once."""
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+
+    def on_signal(signum: int) -> None:
+        name = signal.Signals(signum).name
+        if stopping.is_set():
+            logger.warning("second %s during shutdown: exiting now", name)
+            logging.shutdown()
+            os._exit(1)
+        logger.info("received %s", name)
+        stopping.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    await stopping.wait()
