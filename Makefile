@@ -20,18 +20,25 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-install: $(STAMP)
+PROTOS := $(shell find protos -name '*.proto')
+STUBS := authsvc/v1/auth_pb2.py
+
+install: $(STAMP) $(STUBS)
 
 # Reinstall when the package definition or the protos change. The editable
 # install runs setup.py's build step, which generates the stubs.
-$(STAMP): pyproject.toml setup.py $(shell find protos -name '*.proto')
+$(STAMP): pyproject.toml setup.py $(PROTOS)
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-protos: install ## regenerate the Python stubs from protos/
-	$(BIN)/python -c 'import setup' 2>/dev/null || $(BIN)/python setup.py build_py --quiet
+# Stubs are not committed; regenerate them if they are missing or stale.
+$(STUBS): $(PROTOS) | $(STAMP)
+	$(BIN)/python -c 'import setup; setup.generate_stubs()'
+
+protos: $(STAMP) ## regenerate the Python stubs from protos/
+	$(BIN)/python -c 'import setup; setup.generate_stubs()'
 
 clean:
 	rm -rf $(VENV) build *.egg-info authsvc/v1

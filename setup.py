@@ -55,4 +55,5 @@ class BuildPyWithStubs(build_py):
         super().run()
 
 
-setup(cmdclass={"build_py": BuildPyWithStubs})
+if __name__ == "__main__":
+    setup(cmdclass={"build_py": BuildPyWithStubs})

@@ -42,6 +42,14 @@ MAX_KID_CHARS_SHOWN = 64
 
 PublicKey = EllipticCurvePublicKey | RSAPublicKey
 
+# Everything httpx raises for a request; translated into _FetchFailed.
+HTTPX_ERRORS = (
+    httpx.HTTPError,
+    httpx.StreamError,
+    httpx.InvalidURL,
+    httpx.CookieConflict,
+)
+
 
 @dataclass(frozen=True, slots=True)
 class VerificationKey:
@@ -247,7 +255,7 @@ class KeySet:
                 body = await self._download()
         except TimeoutError as exc:
             raise _FetchFailed(f"timed out after {self._timeout:g}s") from exc
-        except (httpx.HTTPError, httpx.StreamError, httpx.InvalidURL) as exc:
+        except HTTPX_ERRORS as exc:
             raise _FetchFailed(f"{type(exc).__name__}: {exc}") from exc
 
         try:

@@ -1,0 +1,290 @@
+"""The `authsvc` command as a real process: signals, bind failures, config, dev mode."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shlex
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from authsvc.v1 import auth_pb2, auth_pb2_grpc
+from tests.conftest import Keys
+from tests.support.jwks_stub import JwksStub
+from tests.support.tokens import SUPABASE_URL, UID_A, es256
+
+AUTHSVC = str(Path(sys.executable).parent / "authsvc")
+START_TIMEOUT_SECONDS = 15
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Process:
+    def __init__(self, proc: asyncio.subprocess.Process, port: int) -> None:
+        self.proc = proc
+        self.port = port
+        self.target = f"127.0.0.1:{port}"
+
+    async def wait_serving(self) -> None:
+        async with grpc.aio.insecure_channel(self.target) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            deadline = asyncio.get_running_loop().time() + START_TIMEOUT_SECONDS
+            while True:
+                try:
+                    response = await stub.Check(
+                        health_pb2.HealthCheckRequest(), timeout=1
+                    )
+                    if response.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.aio.AioRpcError:
+                    pass
+                if asyncio.get_running_loop().time() > deadline:
+                    raise AssertionError("server never became SERVING")
+                await asyncio.sleep(0.1)
+
+    async def finish(self, timeout: float = 15) -> tuple[int, str]:
+        _, stderr = await asyncio.wait_for(self.proc.communicate(), timeout)
+        assert self.proc.returncode is not None
+        return self.proc.returncode, stderr.decode()
+
+
+async def spawn(*args: str, env: dict[str, str], port: int) -> Process:
+    proc = await asyncio.create_subprocess_exec(
+        AUTHSVC,
+        *args,
+        env={"PATH": os.environ["PATH"], **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    return Process(proc, port)
+
+
+def serve_env(jwks: JwksStub, port: int, **extra: str) -> dict[str, str]:
+    return {
+        "SUPABASE_URL": SUPABASE_URL,
+        "AUTHSVC_JWKS_URL": jwks.url,
+        "AUTHSVC_LISTEN_ADDR": f"127.0.0.1:{port}",
+        "AUTHSVC_JWKS_COOLDOWN_SECONDS": "0",
+        "AUTHSVC_SHUTDOWN_GRACE_SECONDS": "5",
+        **extra,
+    }
+
+
+@pytest.fixture
+async def served(jwks: JwksStub) -> AsyncIterator[Process]:
+    port = free_port()
+    process = await spawn("serve", env=serve_env(jwks, port), port=port)
+    try:
+        await process.wait_serving()
+        yield process
+    finally:
+        if process.proc.returncode is None:
+            process.proc.kill()
+            await process.proc.wait()
+
+
+async def _verify(
+    target: str, token: str, timeout: float = 10
+) -> auth_pb2.VerifyTokenResponse:
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = auth_pb2_grpc.AuthServiceStub(channel)
+        return await stub.VerifyToken(
+            auth_pb2.VerifyTokenRequest(token=token), timeout=timeout
+        )
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+async def test_c21_signal_lets_in_flight_calls_finish_refuses_new_ones_and_exits_0(
+    served: Process, jwks: JwksStub, keys: Keys, signum: signal.Signals
+) -> None:
+    # A call for a rotated-in key waits on a slow JWKS: it is in flight.
+    jwks.serve_keys(keys.ec1, keys.ec2)
+    jwks.delay_seconds = 2
+    in_flight = asyncio.create_task(_verify(served.target, es256(keys.ec2)))
+    await asyncio.sleep(0.5)
+
+    served.proc.send_signal(signum)
+    await asyncio.sleep(0.3)
+    with pytest.raises(grpc.aio.AioRpcError) as late:
+        await _verify(served.target, es256(keys.ec1), timeout=3)
+    finished = await in_flight
+    code, stderr = await served.finish()
+
+    assert finished.key_id == "ec-2"
+    assert late.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert code == 0
+    assert f"received {signum.name}" in stderr
+    assert "stopped" in stderr
+    assert "Task was destroyed" not in stderr
+    assert "Unclosed" not in stderr
+    assert "Traceback" not in stderr
+
+
+async def test_c21_second_signal_during_shutdown_exits_at_once(
+    served: Process, jwks: JwksStub, keys: Keys
+) -> None:
+    jwks.serve_keys(keys.ec1, keys.ec2)
+    jwks.delay_seconds = 30
+    in_flight = asyncio.create_task(_verify(served.target, es256(keys.ec2), timeout=30))
+    await asyncio.sleep(0.5)
+
+    served.proc.send_signal(signal.SIGTERM)
+    await asyncio.sleep(0.3)
+    served.proc.send_signal(signal.SIGTERM)
+    code, stderr = await served.finish(timeout=3)
+    in_flight.cancel()
+
+    assert code == 1
+    assert "exiting now" in stderr
+
+
+async def test_c23_second_instance_on_the_same_port_fails_loudly(
+    served: Process, jwks: JwksStub
+) -> None:
+    second = await spawn("serve", env=serve_env(jwks, served.port), port=served.port)
+
+    code, stderr = await second.finish(timeout=5)
+
+    assert code != 0
+    assert f"cannot listen on 127.0.0.1:{served.port}" in stderr
+    assert "SERVING" not in stderr.replace("NOT_SERVING", "")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("AUTHSVC_LEEWAY_SECONDS", "abc"),
+        ("AUTHSVC_LEEWAY_SECONDS", "3600"),
+        ("AUTHSVC_JWKS_TTL_SECONDS", "0"),
+        ("AUTHSVC_AUDIENCES", " , "),
+        ("SUPABASE_URL", "abcdefghijklmnopqrst.supabase.co"),
+        ("AUTHSVC_LOG_LEVEL", "LOUD"),
+    ],
+)
+async def test_invalid_configuration_fails_at_start_naming_the_setting(
+    jwks: JwksStub, variable: str, value: str
+) -> None:
+    port = free_port()
+    process = await spawn(
+        "serve", env=serve_env(jwks, port, **{variable: value}), port=port
+    )
+
+    code, stderr = await process.finish(timeout=10)
+
+    assert code == 2
+    assert variable in stderr
+    assert "Traceback" not in stderr
+
+
+async def test_missing_supabase_url_fails_at_start(jwks: JwksStub) -> None:
+    port = free_port()
+    process = await spawn(
+        "serve", env={"AUTHSVC_LISTEN_ADDR": f"127.0.0.1:{port}"}, port=port
+    )
+
+    code, stderr = await process.finish(timeout=10)
+
+    assert code == 2
+    assert "SUPABASE_URL is not set" in stderr
+
+
+async def test_short_jwt_secret_is_refused_without_echoing_it(jwks: JwksStub) -> None:
+    port = free_port()
+    secret = "too-short-but-secret-value"
+    process = await spawn(
+        "serve", env=serve_env(jwks, port, SUPABASE_JWT_SECRET=secret), port=port
+    )
+
+    code, stderr = await process.finish(timeout=10)
+
+    assert code == 2
+    assert "SUPABASE_JWT_SECRET" in stderr
+    assert secret not in stderr
+
+
+async def test_c23_dual_stack_listener_answers_on_ipv4_and_ipv6(
+    jwks: JwksStub, keys: Keys
+) -> None:
+    port = free_port()
+    process = await spawn(
+        "serve",
+        env=serve_env(jwks, port, AUTHSVC_LISTEN_ADDR=f"[::]:{port}"),
+        port=port,
+    )
+    try:
+        await process.wait_serving()
+
+        over_ipv4 = await _verify(f"127.0.0.1:{port}", es256(keys.ec1))
+        over_ipv6 = await _verify(f"[::1]:{port}", es256(keys.ec1))
+    finally:
+        process.proc.send_signal(signal.SIGTERM)
+        code, _ = await process.finish()
+
+    assert over_ipv4.sub == over_ipv6.sub == UID_A
+    assert code == 0
+
+
+async def test_dev_mode_prints_a_token_and_a_command_that_verifies_it(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    env = {
+        "AUTHSVC_LISTEN_ADDR": f"127.0.0.1:{port}",
+        "AUTHSVC_DEV_DIR": str(tmp_path / "dev"),
+    }
+    process = await spawn("dev", env=env, port=port)
+    try:
+        await process.wait_serving()
+        assert process.proc.stdout is not None
+        banner = (await asyncio.wait_for(process.proc.stdout.read(8192), 5)).decode()
+        command = next(
+            line.strip() for line in banner.splitlines() if "grpcurl -plaintext" in line
+        )
+        command = command.replace("localhost:", "127.0.0.1:")
+
+        grpcurl = await asyncio.create_subprocess_exec(
+            *shlex.split(command),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(grpcurl.communicate(), 20)
+
+        minted = await asyncio.create_subprocess_exec(
+            AUTHSVC,
+            "token",
+            "--sub",
+            "22222222-2222-2222-2222-222222222222",
+            "--org-id",
+            "org_7",
+            env={"PATH": os.environ["PATH"], **env},
+            stdout=asyncio.subprocess.PIPE,
+        )
+        token = (await minted.communicate())[0].decode().strip()
+        verified = await _verify(process.target, token)
+    finally:
+        process.proc.send_signal(signal.SIGINT)
+        code, _ = await process.finish()
+
+    claims = json.loads(out)
+    assert grpcurl.returncode == 0, err.decode()
+    assert re.search(r"\beyJ[\w-]+\.[\w-]+\.[\w-]+\b", banner)
+    assert claims["sub"] == "11111111-1111-1111-1111-111111111111"
+    assert claims["algorithm"] == "ES256"
+    assert (verified.sub, verified.org_id) == (
+        "22222222-2222-2222-2222-222222222222",
+        "org_7",
+    )
+    assert code == 0
