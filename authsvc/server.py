@@ -28,12 +28,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from authsvc import __version__
+from authsvc.api.auth import SERVICE as AUTH_SERVICE
 from authsvc.api.auth import SERVICE_NAME as AUTH_SERVICE_NAME
 from authsvc.api.auth import AuthServicer
+from authsvc.api.registry import add_unary_service
 from authsvc.config import Settings
 from authsvc.errors import KeysUnavailable
 from authsvc.tokens import KeySet, TokenVerifier
-from authsvc.v1 import auth_pb2_grpc
 
 logger = logging.getLogger(__name__)
 
@@ -107,13 +108,11 @@ class AuthsvcServer:
         )
         self.health = health.aio.HealthServicer()
         self._grpc = grpc.aio.server(options=server_options())
-        self._key_loader: asyncio.Task[None] | None = None
+        self._background: list[asyncio.Task[None]] = []
 
     async def start(self) -> int:
         """Bind, serve, load keys, mark health; return the bound port."""
-        auth_pb2_grpc.add_AuthServiceServicer_to_server(
-            AuthServicer(self.verifier), self._grpc
-        )
+        add_unary_service(self._grpc, AuthServicer(self.verifier), AUTH_SERVICE)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         reflection.enable_server_reflection(
             (AUTH_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
@@ -131,10 +130,19 @@ class AuthsvcServer:
         )
 
         await self._load_keys_once()
+        if self.keys is not None:
+            self._background.append(
+                asyncio.create_task(
+                    self.keys.maintain(
+                        retry_min_seconds=KEY_RETRY_MIN_SECONDS,
+                        retry_max_seconds=KEY_RETRY_MAX_SECONDS,
+                    )
+                )
+            )
         if self.verifier.ready:
             await self._set_health(serving=True)
         else:
-            self._key_loader = asyncio.create_task(self._load_keys_until_ready())
+            self._background.append(asyncio.create_task(self._serve_when_ready()))
         return self.port
 
     async def stop(self) -> None:
@@ -143,10 +151,11 @@ class AuthsvcServer:
         logger.info("shutting down grace_seconds=%g", grace)
 
         await self.health.enter_graceful_shutdown()
-        if self._key_loader is not None:
-            self._key_loader.cancel()
+        for task in self._background:
+            task.cancel()
+        for task in self._background:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._key_loader
+                await task
 
         await self._grpc.stop(grace)
         await self._http.aclose()
@@ -176,13 +185,10 @@ class AuthsvcServer:
                 "keys loaded url=%s keys=%d", self.keys.url, self.keys.key_count
             )
 
-    async def _load_keys_until_ready(self) -> None:
-        delay = KEY_RETRY_MIN_SECONDS
-        while not self.verifier.ready:
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, KEY_RETRY_MAX_SECONDS)
-            await self._load_keys_once()
-        await self._set_health(serving=True)
+    async def _serve_when_ready(self) -> None:
+        if self.keys is not None:
+            await self.keys.wait_usable()
+            await self._set_health(serving=True)
 
     async def _set_health(self, *, serving: bool) -> None:
         status = (

@@ -14,7 +14,7 @@ from tests.conftest import Keys, StartServer
 from tests.support.jwks_stub import JwksStub
 from tests.support.tokens import es256
 
-TTL = 1.0
+TTL = 2.0
 
 
 async def test_c01_rotated_in_key_costs_one_refetch_and_removed_key_stops_after_ttl(

@@ -10,7 +10,8 @@ from authsvc.api.status import unary_errors
 from authsvc.tokens import TokenVerifier, VerifiedToken
 from authsvc.v1 import auth_pb2, auth_pb2_grpc
 
-SERVICE_NAME = auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
+SERVICE = auth_pb2.DESCRIPTOR.services_by_name["AuthService"]
+SERVICE_NAME = SERVICE.full_name
 
 
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):

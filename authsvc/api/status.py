@@ -20,7 +20,8 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from authsvc.errors import ERROR_DOMAIN, AuthsvcError, Reason, Status
+from authsvc.api.registry import UndecodableRequest
+from authsvc.errors import ERROR_DOMAIN, AuthsvcError, InvalidArgument, Reason, Status
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ def to_grpc_status(
     code: grpc.StatusCode, reason: str, message: str, metadata: dict[str, str]
 ) -> grpc.Status:
     """Build a rich status: code, message and one ErrorInfo detail."""
+    metadata = {_valid_utf8(k): _valid_utf8(v) for k, v in metadata.items()}
+    message = _valid_utf8(message)
     info = error_details_pb2.ErrorInfo(
         reason=reason, domain=ERROR_DOMAIN, metadata=metadata
     )
@@ -79,6 +82,12 @@ def unary_errors(
         ) -> Response:
             started = time.perf_counter()
             try:
+                if isinstance(request, UndecodableRequest):
+                    raise InvalidArgument(
+                        Reason.MALFORMED_REQUEST,
+                        "the request message could not be decoded "
+                        f"({request.problem}); send a valid protobuf message",
+                    )
                 response = await handler(self, request, context)
             except AuthsvcError as exc:
                 _log_access(method_name, exc.status.value, exc.reason.value, started)
@@ -107,6 +116,11 @@ def unary_errors(
         return wrapper
 
     return decorate
+
+
+def _valid_utf8(text: str) -> str:
+    """Text that protobuf can encode: a lone surrogate would break the status."""
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def _log_access(method: str, status: str, reason: str, started: float) -> None:

@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 MAX_JWKS_BYTES = 512 * 1024
 MIN_RSA_KEY_BITS = 2048
 MAX_KID_CHARS_SHOWN = 64
+# JWK members that only private (or symmetric) keys carry (RFC 7518, 6.2-6.4).
+PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 
 PublicKey = EllipticCurvePublicKey | RSAPublicKey
 
@@ -103,7 +105,7 @@ def _parse_key(entry: Any) -> VerificationKey:
         not isinstance(key_ops, list) or "verify" not in key_ops
     ):
         raise _UnusableKey("key_ops does not include 'verify'")
-    if "d" in entry or "p" in entry:
+    if PRIVATE_MEMBERS & entry.keys():
         raise _UnusableKey("entry holds private key material")
 
     kty = entry.get("kty")
@@ -136,7 +138,14 @@ def _parse_key(entry: Any) -> VerificationKey:
 
 
 class KeySet:
-    """The cached key set of one JWKS URL."""
+    """The cached key set of one JWKS URL.
+
+    `maintain()` (run as a task by the server) keeps the set fresh: it retries
+    until the first load succeeds, then refreshes every half TTL, so requests
+    never wait for a routine refresh and a removed key is gone within the TTL.
+    `get()` refreshes on demand only for an unknown `kid`, or when nothing is
+    cached; a stale set is refreshed in the background, never waited on.
+    """
 
     def __init__(
         self,
@@ -157,9 +166,10 @@ class KeySet:
 
         self._keys: Mapping[str, VerificationKey] = {}
         self._fetched_at: float | None = None
-        self._attempted_at: float | None = None
+        self._finished_at: float | None = None
         self._inflight: asyncio.Task[None] | None = None
         self._last_error: str | None = None
+        self._usable = asyncio.Event()
 
     @property
     def loaded(self) -> bool:
@@ -174,22 +184,33 @@ class KeySet:
     def last_error(self) -> str | None:
         return self._last_error
 
+    async def wait_usable(self) -> None:
+        """Return once a fetch has produced at least one usable key."""
+        await self._usable.wait()
+
     async def get(self, kid: str) -> VerificationKey:
         """Return the key for `kid`, refreshing the set when the rules allow."""
-        now = self._clock()
-        if self._fetched_at is None or now - self._fetched_at >= self._ttl:
-            await self._refresh_if_allowed(now)
+        if self._fetched_at is None:
+            if self._may_fetch():
+                await self._shared_fetch()
+            if self._fetched_at is None:
+                raise KeysUnavailable(
+                    self._last_error or "the JWKS was not fetched yet"
+                )
+        elif self._is_stale() and self._inflight is None and self._may_fetch():
+            # Serve the cached keys now; a hung JWKS must not stall every call.
+            self._start_fetch()
 
         key = self._keys.get(kid)
-        if key is None and self._fetched_at is not None:
+        if key is None and self._may_fetch():
             # A rotated-in key: look again, unless we looked a moment ago.
-            await self._refresh_if_allowed(self._clock())
+            await self._shared_fetch()
             key = self._keys.get(kid)
         if key is None:
             raise TokenRejected(
                 Reason.UNKNOWN_KEY,
-                "no key with this kid in the project's JWKS",
-                {"kid": _printable(kid)},
+                "no usable key with this kid in the project's JWKS",
+                {"kid": printable(kid)},
             )
         return key
 
@@ -199,24 +220,49 @@ class KeySet:
         if self._fetched_at is None:
             raise KeysUnavailable(self._last_error or "no key set fetched yet")
 
-    async def _refresh_if_allowed(self, now: float) -> None:
-        cooling = (
-            self._attempted_at is not None and now - self._attempted_at < self._cooldown
-        )
-        if self._inflight is not None or not cooling:
-            await self._shared_fetch()
-        if self._fetched_at is None:
-            raise KeysUnavailable(self._last_error or "the JWKS was not fetched yet")
+    async def maintain(
+        self, *, retry_min_seconds: float, retry_max_seconds: float
+    ) -> None:
+        """Keep the set fresh until cancelled; failures are logged, never raised."""
+        retry = retry_min_seconds
+        while True:
+            if self._fetched_at is None:
+                await self._shared_fetch()
+                if self._fetched_at is None:
+                    await asyncio.sleep(retry)
+                    retry = min(retry * 2, retry_max_seconds)
+                continue
+            retry = retry_min_seconds
 
-    async def _shared_fetch(self) -> None:
+            due = self._fetched_at + self._ttl / 2 - self._clock()
+            if due > 0:
+                await asyncio.sleep(due)
+                continue
+            fetched_at = self._fetched_at
+            await self._shared_fetch()
+            if self._fetched_at == fetched_at:
+                await asyncio.sleep(max(self._cooldown, retry_min_seconds))
+
+    def _is_stale(self) -> bool:
+        return self._fetched_at is None or self._clock() - self._fetched_at >= self._ttl
+
+    def _may_fetch(self) -> bool:
+        """A fetch is running (join it), or the last one ended a cooldown ago."""
+        if self._inflight is not None or self._finished_at is None:
+            return True
+        return self._clock() - self._finished_at >= self._cooldown
+
+    def _start_fetch(self) -> asyncio.Task[None]:
         if self._inflight is None:
             self._inflight = asyncio.create_task(self._fetch_and_store())
+        return self._inflight
+
+    async def _shared_fetch(self) -> None:
         # Shielded: a caller that gives up (deadline) must not cancel the
         # fetch other callers are waiting on.
-        await asyncio.shield(self._inflight)
+        await asyncio.shield(self._start_fetch())
 
     async def _fetch_and_store(self) -> None:
-        self._attempted_at = self._clock()
         try:
             keys = await self._fetch()
         except _FetchFailed as exc:
@@ -233,6 +279,9 @@ class KeySet:
                 logger.warning("jwks fetch failed url=%s error=%s", self.url, exc)
             return
         finally:
+            # The cooldown counts from the end of a fetch, so a slow endpoint
+            # is not asked again the moment it answers.
+            self._finished_at = self._clock()
             self._inflight = None
 
         added = keys.keys() - self._keys.keys()
@@ -240,6 +289,10 @@ class KeySet:
         self._keys = keys
         self._fetched_at = self._clock()
         self._last_error = None
+        if keys:
+            self._usable.set()
+        else:
+            self._usable.clear()
         if added or removed or not keys:
             logger.info(
                 "jwks loaded url=%s keys=%d added=%s removed=%s",
@@ -278,8 +331,9 @@ class KeySet:
             return bytes(body)
 
 
-def _printable(value: str) -> str:
-    shown = "".join(ch if ch.isprintable() else "?" for ch in value)
-    if len(shown) > MAX_KID_CHARS_SHOWN:
-        return shown[:MAX_KID_CHARS_SHOWN] + "…"
+def printable(value: str, limit: int = MAX_KID_CHARS_SHOWN) -> str:
+    """A token-supplied string made safe to show: printable, short, valid UTF-8."""
+    shown = "".join(ch if ch.isprintable() else "?" for ch in value[: limit + 1])
+    if len(shown) > limit:
+        return shown[:limit] + "…"
     return shown

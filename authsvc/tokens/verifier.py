@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jwt.algorithms import ECAlgorithm, HMACAlgorithm, RSAAlgorithm
-from jwt.utils import base64url_decode
+from jwt.utils import base64url_decode, base64url_encode
 
 from authsvc.errors import (
     AnonymousNotAllowed,
@@ -31,7 +31,7 @@ from authsvc.errors import (
     TokenRejected,
     TokenTooLarge,
 )
-from authsvc.tokens.keys import KeySet
+from authsvc.tokens.keys import KeySet, printable
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ MAX_CLAIM_DEPTH = 32
 MAX_TIMESTAMP = 253_402_300_799
 MAX_JSON_INTEGER = 2**63
 MAX_ALG_CHARS_SHOWN = 32
+BEARER_PREFIX = "bearer "
 
 _COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 _SIGNERS = {
@@ -136,9 +137,13 @@ class TokenVerifier:
         """Verify `token`; raise a `TokenRejected` (or another AuthsvcError)."""
         if not token:
             raise TokenMissing()
-        if len(token) > self.max_token_bytes:
+        if len(token) > self.max_token_bytes or (
+            not token.isascii() and len(token.encode()) > self.max_token_bytes
+        ):
             raise TokenTooLarge(self.max_token_bytes)
         if not _COMPACT_JWS.fullmatch(token):
+            if token[: len(BEARER_PREFIX)].lower() == BEARER_PREFIX:
+                raise _malformed("pass the token without the 'Bearer ' prefix")
             raise _malformed(
                 "token is not a compact JWS (three base64url parts, no padding)"
             )
@@ -149,6 +154,9 @@ class TokenVerifier:
 
         signing_input = token[: len(encoded_header) + 1 + len(encoded_payload)]
         signature = _decode_segment(encoded_signature, "signature")
+        if base64url_encode(signature).decode() != encoded_signature:
+            # Unused trailing bits set: the same signature under another spelling.
+            raise _malformed("token signature is not canonical base64url")
         if not _SIGNERS[algorithm].verify(signing_input.encode(), key, signature):
             raise TokenRejected(
                 Reason.BAD_SIGNATURE, "signature does not verify with the key"
@@ -172,11 +180,15 @@ class TokenVerifier:
                 )
 
         algorithm = header.get("alg")
+        if algorithm is None:
+            raise TokenRejected(
+                Reason.ALGORITHM_NOT_ALLOWED, "token header has no 'alg'", {"alg": ""}
+            )
         if not isinstance(algorithm, str) or algorithm not in ALLOWED_ALGORITHMS:
-            shown = str(algorithm)[:MAX_ALG_CHARS_SHOWN]
+            shown = printable(json.dumps(algorithm), MAX_ALG_CHARS_SHOWN)
             raise TokenRejected(
                 Reason.ALGORITHM_NOT_ALLOWED,
-                f"algorithm {shown!r} is not allowed; ES256, RS256 and HS256 are",
+                f"algorithm {shown} is not allowed; ES256, RS256 and HS256 are",
                 {"alg": shown},
             )
         kid = header.get("kid")
@@ -192,13 +204,14 @@ class TokenVerifier:
             raise self._not_configured(algorithm, "the JWKS is switched off")
         if not kid:
             raise TokenRejected(
-                Reason.UNKNOWN_KEY, f"{algorithm} token has no 'kid' header"
+                Reason.UNKNOWN_KEY, f"{algorithm} token has no (or an empty) 'kid'"
             )
         key = await self.keys.get(kid)
         if key.algorithm != algorithm:
             raise TokenRejected(
                 Reason.ALGORITHM_NOT_ALLOWED,
-                f"token says {algorithm} but key '{key.kid}' is a {key.algorithm} key",
+                f"token says {algorithm} but key '{printable(key.kid)}' is an "
+                f"{key.algorithm} key",
                 {"alg": algorithm},
             )
         return algorithm, kid, key.key
@@ -262,8 +275,8 @@ class TokenVerifier:
     def _audience_accepted(self, aud: Any) -> bool:
         if isinstance(aud, str):
             return aud in self.audiences
-        if isinstance(aud, list):
-            return any(isinstance(item, str) and item in self.audiences for item in aud)
+        if isinstance(aud, list) and all(isinstance(item, str) for item in aud):
+            return any(item in self.audiences for item in aud)
         return False
 
 
@@ -302,8 +315,9 @@ def _decode_segment(segment: str, part: str) -> bytes:
 def _decode_json_object(segment: str, part: str) -> dict[str, Any]:
     raw = _decode_segment(segment, part)
     try:
+        text = raw.decode("utf-8")
         value = json.loads(
-            raw.decode("utf-8"),
+            text,
             object_pairs_hook=_object_without_duplicates,
             parse_constant=_refuse_constant,
             parse_int=_bounded_int,
@@ -313,8 +327,10 @@ def _decode_json_object(segment: str, part: str) -> dict[str, Any]:
         raise _malformed(f"token {part} is not valid JSON") from exc
     if not isinstance(value, dict):
         raise _malformed(f"token {part} is not a JSON object")
-    if _depth(value) > MAX_CLAIM_DEPTH:
-        raise _malformed(f"token {part} is nested deeper than {MAX_CLAIM_DEPTH} levels")
+    # Lone surrogates can only come from \u escapes: no escape, no walk needed.
+    problem = _structure_problem(value, check_strings="\\u" in text)
+    if problem is not None:
+        raise _malformed(f"token {part} {problem}")
     return value
 
 
@@ -345,23 +361,33 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _depth(value: Any) -> int:
-    """Nesting depth of a JSON value, iteratively (no recursion limit)."""
-    deepest = 0
+def _structure_problem(value: Any, *, check_strings: bool) -> str | None:
+    """What makes a decoded JSON value unusable, if anything (iteratively)."""
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         node, level = stack.pop()
         if isinstance(node, dict):
+            if check_strings and not all(map(_is_unicode, node)):
+                return "has a string that is not valid Unicode"
             children: Any = node.values()
         elif isinstance(node, list):
             children = node
         else:
+            if check_strings and isinstance(node, str) and not _is_unicode(node):
+                return "has a string that is not valid Unicode"
             continue
-        deepest = max(deepest, level)
-        if deepest > MAX_CLAIM_DEPTH:
-            return deepest
+        if level > MAX_CLAIM_DEPTH:
+            return f"is nested deeper than {MAX_CLAIM_DEPTH} levels"
         stack.extend((child, level + 1) for child in children)
-    return deepest
+    return None
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _rfc3339(seconds: float) -> str:

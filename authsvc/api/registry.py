@@ -1,0 +1,55 @@
+"""Registering servicers so that an undecodable request is the client's error.
+
+The generated `add_*Servicer_to_server` functions pass protobuf's parser to
+gRPC directly; when it raises (invalid UTF-8 in a string field, a truncated
+message), gRPC answers UNKNOWN with the Python exception text. Here each
+method's parser is wrapped: a message that cannot be decoded reaches the
+handler as an `UndecodableRequest`, which `unary_errors` turns into
+INVALID_ARGUMENT.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import DecodeError
+from google.protobuf.message_factory import GetMessageClass
+
+
+class UndecodableRequest:
+    """Stands in for a request message that could not be parsed."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+
+
+def add_unary_service(
+    server: grpc.aio.Server, servicer: object, service: ServiceDescriptor
+) -> None:
+    """Register every (unary) method of `service` implemented by `servicer`."""
+    handlers = {}
+    for method in service.methods:
+        request_class = GetMessageClass(method.input_type)
+        response_class = GetMessageClass(method.output_type)
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method.name),
+            request_deserializer=_tolerant(request_class.FromString),
+            response_serializer=response_class.SerializeToString,
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
+    server.add_registered_method_handlers(service.full_name, handlers)
+
+
+def _tolerant(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError as exc:
+            return UndecodableRequest(str(exc) or "invalid wire format")
+
+    return deserialize
