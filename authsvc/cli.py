@@ -6,9 +6,9 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -17,8 +17,8 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from authsvc.config import ConfigError, Settings
+from authsvc.dev import dev_directory
 from authsvc.dev.issuer import (
-    DEFAULT_DEV_DIR,
     DEFAULT_TOKEN_LIFETIME_SECONDS,
     DEV_EMAIL,
     DEV_USER_ID,
@@ -68,7 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     dev_cmd.set_defaults(handler=_dev)
 
     token_cmd = commands.add_parser(
-        "token", help="mint a token signed by the dev issuer (for `authsvc dev`)"
+        "token",
+        help="mint a token signed by the dev issuer (for `authsvc dev`)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     token_cmd.add_argument("--sub", default=DEV_USER_ID, help="user id (sub)")
     token_cmd.add_argument("--email", default=DEV_EMAIL)
@@ -92,9 +94,16 @@ def _parser() -> argparse.ArgumentParser:
     token_cmd.set_defaults(handler=_token)
 
     verify_cmd = commands.add_parser(
-        "verify", help="call VerifyToken on a running server and print the claims"
+        "verify",
+        help="call VerifyToken on a running server and print the claims",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     verify_cmd.add_argument("token")
+    verify_cmd.add_argument(
+        "--reject-anonymous",
+        action="store_true",
+        help="refuse tokens of anonymous sign-ins",
+    )
     verify_cmd.add_argument("--target", default=DEFAULT_VERIFY_TARGET)
     verify_cmd.add_argument(
         "--timeout",
@@ -114,6 +123,8 @@ def _serve(_: argparse.Namespace) -> int:
         "starting %s",
         " ".join(f"{key}={value}" for key, value in settings.summary().items()),
     )
+    for name in Settings.unknown_variables(os.environ):
+        logger.warning("unknown setting ignored name=%s (misspelled?)", name)
     asyncio.run(serve(settings))
     return 0
 
@@ -138,11 +149,21 @@ def _token(args: argparse.Namespace) -> int:
             print(f"authsvc: --claim expects NAME=JSON, got {item!r}", file=sys.stderr)
             return EXIT_CONFIG
         try:
-            extra[name] = json.loads(value)
+            extra[name] = json.loads(value, parse_constant=_refuse_constant)
         except ValueError:
             extra[name] = value
+        if isinstance(extra[name], float) and not math.isfinite(extra[name]):
+            print(f"authsvc: --claim {name} is not a finite number", file=sys.stderr)
+            return EXIT_CONFIG
 
-    issuer = DevIssuer(Path(os.environ.get("AUTHSVC_DEV_DIR", DEFAULT_DEV_DIR)))
+    issuer = DevIssuer(dev_directory(os.environ))
+    if issuer.created:
+        print(
+            f"authsvc: created a new dev signing key in {issuer.directory}; "
+            "an `authsvc dev` already running with another key will not accept "
+            "this token",
+            file=sys.stderr,
+        )
     print(
         issuer.mint(
             sub=args.sub,
@@ -156,23 +177,32 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _verify(args: argparse.Namespace) -> int:
-    return asyncio.run(_verify_remote(args.target, args.token, args.timeout_seconds))
+    from authsvc.v1 import auth_pb2
+
+    request = auth_pb2.VerifyTokenRequest(
+        token=args.token, reject_anonymous=args.reject_anonymous
+    )
+    return asyncio.run(_verify_remote(args.target, request, args.timeout_seconds))
 
 
-async def _verify_remote(target: str, token: str, timeout_seconds: float) -> int:
-    from authsvc.v1 import auth_pb2, auth_pb2_grpc
+async def _verify_remote(target: str, request: Any, timeout_seconds: float) -> int:
+    from authsvc.v1 import auth_pb2_grpc
 
     async with grpc.aio.insecure_channel(target) as channel:
         stub = auth_pb2_grpc.AuthServiceStub(channel)
         try:
-            response = await stub.VerifyToken(
-                auth_pb2.VerifyTokenRequest(token=token), timeout=timeout_seconds
-            )
+            response = await stub.VerifyToken(request, timeout=timeout_seconds)
         except grpc.aio.AioRpcError as exc:
             print(_describe_rpc_error(exc), file=sys.stderr)
             return EXIT_FAILED
-    print(json_format.MessageToJson(response, indent=2))
+    print(
+        json_format.MessageToJson(response, indent=2, preserving_proto_field_name=True)
+    )
     return 0
 
 

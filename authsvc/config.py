@@ -8,8 +8,10 @@ never echoed.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -37,6 +39,13 @@ ISSUER_PATH = "/auth/v1"
 JWKS_PATH = "/auth/v1/.well-known/jwks.json"
 
 _SECRET_VARIABLES = frozenset({"SUPABASE_JWT_SECRET"})
+OUR_PREFIX = "AUTHSVC_"
+# Variables read by other parts of the command, not by Settings.
+OTHER_KNOWN_VARIABLES = frozenset({"AUTHSVC_DEV_DIR"})
+# Hosts reached over a private or local network, where plain http is acceptable:
+# loopback, and Fly's private names (6PN is encrypted by WireGuard).
+_PRIVATE_HOST_SUFFIXES = (".localhost", ".internal", ".flycast")
+MAX_PORT = 65535
 
 
 class ConfigError(Exception):
@@ -45,7 +54,39 @@ class ConfigError(Exception):
 
 def _comma_list(value: Any) -> Any:
     if isinstance(value, str):
-        return [item.strip() for item in value.split(",") if item.strip()]
+        return tuple(item.strip() for item in value.split(",") if item.strip())
+    return value
+
+
+def _check_fetch_url(value: str) -> str:
+    """An http(s) URL with a host; plain http only for local or private hosts."""
+    parts = urlsplit(value)
+    if parts.scheme not in {"https", "http"} or not parts.hostname:
+        raise ValueError("must be an https:// URL with a host")
+    if parts.scheme == "http" and not _is_private_host(parts.hostname):
+        raise ValueError(
+            "must use https:// (plain http is accepted only for localhost and "
+            "Fly private names such as *.internal)"
+        )
+    return value
+
+
+def _is_private_host(host: str) -> bool:
+    if host == "localhost" or host.endswith(_PRIVATE_HOST_SUFFIXES):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_private
+
+
+def _check_listen_addr(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > MAX_PORT:
+        raise ValueError(
+            "must be HOST:PORT with a port from 0 to 65535, e.g. [::]:50051"
+        )
     return value
 
 
@@ -59,7 +100,7 @@ class Settings(BaseModel):
     listen_addr: str = Field(default=DEFAULT_LISTEN_ADDR, alias="AUTHSVC_LISTEN_ADDR")
     issuer_override: str | None = Field(default=None, alias="AUTHSVC_ISSUER")
     jwks_url_override: str | None = Field(default=None, alias="AUTHSVC_JWKS_URL")
-    audiences: Annotated[tuple[str, ...], Field(min_length=1)] = Field(
+    audiences: tuple[str, ...] = Field(
         default=DEFAULT_AUDIENCES, alias="AUTHSVC_AUDIENCES"
     )
     leeway_seconds: float = Field(
@@ -99,7 +140,15 @@ class Settings(BaseModel):
     @field_validator("audiences", mode="before")
     @classmethod
     def _split_audiences(cls, value: Any) -> Any:
-        return _comma_list(value)
+        audiences = _comma_list(value)
+        if not audiences:
+            raise ValueError("must name at least one audience, e.g. authenticated")
+        return audiences
+
+    @field_validator("listen_addr")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        return _check_listen_addr(value.strip())
 
     @field_validator("supabase_url", "issuer_override", "jwks_url_override")
     @classmethod
@@ -111,9 +160,14 @@ class Settings(BaseModel):
     @field_validator("supabase_url")
     @classmethod
     def _check_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("https://", "http://")):
-            raise ValueError("must start with https:// (or http:// for local use)")
-        return value
+        return None if value is None else _check_fetch_url(value)
+
+    @field_validator("jwks_url_override")
+    @classmethod
+    def _check_jwks_url(cls, value: str | None) -> str | None:
+        if value is None or value.lower() == JWKS_OFF:
+            return value
+        return _check_fetch_url(value)
 
     @field_validator("jwt_secret")
     @classmethod
@@ -137,15 +191,13 @@ class Settings(BaseModel):
 
     @model_validator(mode="after")
     def _check_sources(self) -> Settings:
-        if self.issuer is None:
+        if self.issuer is None or (
+            self.jwks_url_override is None and self.supabase_url is None
+        ):
             raise ValueError(
                 "SUPABASE_URL is not set: set it to your project's URL "
-                "(https://<ref>.supabase.co), or set AUTHSVC_ISSUER"
-            )
-        if self.jwks_url_override is None and self.supabase_url is None:
-            raise ValueError(
-                "the JWKS URL cannot be derived: set SUPABASE_URL, "
-                "or AUTHSVC_JWKS_URL (a URL, or 'off' for a legacy HS256-only project)"
+                "(https://<ref>.supabase.co), or set both AUTHSVC_ISSUER and "
+                "AUTHSVC_JWKS_URL"
             )
         if self.jwks_url is None and self.jwt_secret is None:
             raise ValueError(
@@ -189,6 +241,17 @@ class Settings(BaseModel):
         except ValidationError as exc:
             raise ConfigError(_describe(exc, values)) from None
 
+    @classmethod
+    def unknown_variables(cls, environ: Mapping[str, str]) -> list[str]:
+        """AUTHSVC_* variables nobody reads: most likely misspelled."""
+        known = {field.alias for field in cls.model_fields.values()}
+        known |= OTHER_KNOWN_VARIABLES
+        return sorted(
+            name
+            for name in environ
+            if name.startswith(OUR_PREFIX) and name not in known
+        )
+
     def summary(self) -> dict[str, object]:
         """The settings as they may be logged: secrets masked."""
         return {
@@ -209,7 +272,7 @@ def _describe(exc: ValidationError, values: Mapping[str, str]) -> str:
         location = error["loc"][0] if error["loc"] else None
         message = error["msg"].removeprefix("Value error, ")
         if not isinstance(location, str):
-            problems.append(f"invalid configuration: {message}")
+            problems.append(message)
         elif location in _SECRET_VARIABLES:
             problems.append(f"{location} (value hidden): {message}")
         else:

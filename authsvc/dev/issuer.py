@@ -25,7 +25,6 @@ from jwt.algorithms import ECAlgorithm
 from authsvc.config import JWKS_PATH
 
 DEV_ISSUER = "http://authsvc-dev.localhost/auth/v1"
-DEFAULT_DEV_DIR = ".authsvc-dev"
 DEFAULT_TOKEN_LIFETIME_SECONDS = 3600
 DEV_USER_ID = "11111111-1111-1111-1111-111111111111"
 DEV_EMAIL = "dev@example.com"
@@ -36,6 +35,7 @@ class DevIssuer:
     """Signs Supabase-shaped access tokens with a key kept on disk."""
 
     def __init__(self, directory: Path) -> None:
+        """Load the key from `directory`, or create it there."""
         self.directory = directory
         self.key_file = directory / KEY_FILE
         self.created = False
@@ -58,20 +58,30 @@ class DevIssuer:
     ) -> str:
         """An access token shaped like Supabase's, with `extra` merged in."""
         now = int(time.time())
+        # An already-expired token was still issued before it expired.
+        issued = (
+            now if expires_in > 0 else now + expires_in - DEFAULT_TOKEN_LIFETIME_SECONDS
+        )
+        provider = "anonymous" if is_anonymous else "email"
         claims: dict[str, Any] = {
             "iss": DEV_ISSUER,
             "aud": "authenticated",
             "sub": sub,
             "exp": now + expires_in,
-            "iat": now,
-            "email": email or "",
+            "iat": issued,
+            "email": "" if is_anonymous else (email or ""),
             "phone": "",
             "role": role,
             "aal": "aal1",
-            "amr": [{"method": "password", "timestamp": now}],
+            "amr": [
+                {
+                    "method": "anonymous" if is_anonymous else "password",
+                    "timestamp": issued,
+                }
+            ],
             "session_id": str(uuid.uuid4()),
             "is_anonymous": is_anonymous,
-            "app_metadata": {"provider": "email", "providers": ["email"]},
+            "app_metadata": {"provider": provider, "providers": [provider]},
             "user_metadata": {},
         }
         claims.update(extra or {})

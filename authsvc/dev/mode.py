@@ -9,7 +9,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from authsvc.config import Settings
-from authsvc.dev.issuer import DEFAULT_DEV_DIR, DEV_ISSUER, DevIssuer, serve_jwks
+from authsvc.dev import dev_directory
+from authsvc.dev.issuer import DEV_ISSUER, DevIssuer, serve_jwks
 from authsvc.server import AuthsvcServer, wait_for_stop_signal
 
 logger = logging.getLogger(__name__)
@@ -17,7 +18,7 @@ logger = logging.getLogger(__name__)
 
 async def run_dev(environ: Mapping[str, str]) -> None:
     """Start the local issuer and the server; print a token and how to use it."""
-    issuer = DevIssuer(Path(environ.get("AUTHSVC_DEV_DIR", DEFAULT_DEV_DIR)))
+    issuer = DevIssuer(dev_directory(environ))
     if issuer.created:
         logger.info("created dev signing key path=%s", issuer.key_file)
     else:
@@ -54,7 +55,7 @@ def quick_start(token: str, port: int) -> str:
             f"  {bin_dir}grpcurl -plaintext -d {request} {target} "
             "authsvc.v1.AuthService/VerifyToken",
             "or with authsvc's own client:",
-            f"  {bin_dir}authsvc verify --target {target} {token}",
+            f"  {bin_dir}authsvc verify --target {target} '{token}'",
             "Mint another (see --help for claims):",
             f"  {bin_dir}authsvc token --email someone@example.com",
             "",

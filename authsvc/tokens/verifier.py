@@ -47,7 +47,9 @@ MAX_JSON_INTEGER = 2**63
 MAX_ALG_CHARS_SHOWN = 32
 BEARER_PREFIX = "bearer "
 
-_COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+# The signature may be empty so that an unsecured token (`alg: none`) gets
+# ALGORITHM_NOT_ALLOWED rather than a vaguer MALFORMED.
+_COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 _SIGNERS = {
     "ES256": ECAlgorithm(ECAlgorithm.SHA256),
     "RS256": RSAAlgorithm(RSAAlgorithm.SHA256),
