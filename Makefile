@@ -4,13 +4,23 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck protos install clean
+.PHONY: run test lint typecheck protos install clean pgbouncer
 
 run: install ## set up, then start `authsvc dev` (local issuer, no Supabase needed)
 	$(BIN)/authsvc dev
 
-test: install lint typecheck ## set up, lint, type-check and run the tests
+test: install pgbouncer lint typecheck ## set up, lint, type-check and run the tests
 	$(BIN)/pytest
+
+# The database tests run a real PgBouncer (tests/support/pgbouncer.py). Install
+# it when missing and we are root with apt-get; otherwise those tests fail and
+# say how to install it. It lives in /usr/sbin, which may not be on PATH.
+pgbouncer:
+	@command -v pgbouncer >/dev/null || test -x /usr/sbin/pgbouncer || { \
+		[ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer; \
+	} || echo "warning: pgbouncer missing; install it with: apt-get install -y pgbouncer" >&2
 
 lint: install
 	$(BIN)/ruff check .

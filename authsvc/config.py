@@ -33,12 +33,22 @@ DEFAULT_JWKS_TIMEOUT_SECONDS = 5.0
 DEFAULT_MAX_TOKEN_BYTES = 16 * 1024
 DEFAULT_SHUTDOWN_GRACE_SECONDS = 8.0
 MIN_JWT_SECRET_CHARS = 32
+DEFAULT_DB_SCHEMAS = ("public",)
+DEFAULT_DB_USER_ROLES = ("authenticated",)
+DEFAULT_DB_POOL_MAX = 10
+DEFAULT_DB_ACQUIRE_TIMEOUT_SECONDS = 5.0
+DEFAULT_DB_CONNECT_TIMEOUT_SECONDS = 5.0
+DEFAULT_DB_MAX_IDLE_SECONDS = 300.0
+DEFAULT_DB_MAX_ROWS = 1000
+DEFAULT_DB_STATEMENT_TIMEOUT_SECONDS = 10.0
+# Roles a token may never select, whatever the allowlist says.
+FORBIDDEN_USER_ROLES = frozenset({"service_role", "postgres", "supabase_admin"})
 
 JWKS_OFF = "off"
 ISSUER_PATH = "/auth/v1"
 JWKS_PATH = "/auth/v1/.well-known/jwks.json"
 
-_SECRET_VARIABLES = frozenset({"SUPABASE_JWT_SECRET"})
+_SECRET_VARIABLES = frozenset({"SUPABASE_JWT_SECRET", "DATABASE_URL"})
 OUR_PREFIX = "AUTHSVC_"
 # Variables read by other parts of the command, not by Settings.
 OTHER_KNOWN_VARIABLES = frozenset({"AUTHSVC_DEV_DIR"})
@@ -136,6 +146,68 @@ class Settings(BaseModel):
         alias="AUTHSVC_SHUTDOWN_GRACE_SECONDS",
     )
     log_level: str = Field(default="INFO", alias="AUTHSVC_LOG_LEVEL")
+
+    database_url: SecretStr | None = Field(default=None, alias="DATABASE_URL")
+    db_schemas: tuple[str, ...] = Field(
+        default=DEFAULT_DB_SCHEMAS, alias="AUTHSVC_DB_SCHEMAS"
+    )
+    db_user_roles: tuple[str, ...] = Field(
+        default=DEFAULT_DB_USER_ROLES, alias="AUTHSVC_DB_USER_ROLES"
+    )
+    db_allow_admin: bool = Field(default=False, alias="AUTHSVC_DB_ALLOW_ADMIN")
+    db_pool_max: int = Field(
+        default=DEFAULT_DB_POOL_MAX, ge=1, le=1000, alias="AUTHSVC_DB_POOL_MAX"
+    )
+    db_acquire_timeout_seconds: float = Field(
+        default=DEFAULT_DB_ACQUIRE_TIMEOUT_SECONDS,
+        gt=0,
+        alias="AUTHSVC_DB_ACQUIRE_TIMEOUT_SECONDS",
+    )
+    db_connect_timeout_seconds: float = Field(
+        default=DEFAULT_DB_CONNECT_TIMEOUT_SECONDS,
+        gt=0,
+        alias="AUTHSVC_DB_CONNECT_TIMEOUT_SECONDS",
+    )
+    db_max_idle_seconds: float = Field(
+        default=DEFAULT_DB_MAX_IDLE_SECONDS, gt=0, alias="AUTHSVC_DB_MAX_IDLE_SECONDS"
+    )
+    db_max_rows: int = Field(
+        default=DEFAULT_DB_MAX_ROWS, ge=1, le=100_000, alias="AUTHSVC_DB_MAX_ROWS"
+    )
+    db_statement_timeout_seconds: float = Field(
+        default=DEFAULT_DB_STATEMENT_TIMEOUT_SECONDS,
+        gt=0,
+        alias="AUTHSVC_DB_STATEMENT_TIMEOUT_SECONDS",
+    )
+
+    @field_validator("db_schemas", "db_user_roles", mode="before")
+    @classmethod
+    def _split_names(cls, value: Any) -> Any:
+        names = _comma_list(value)
+        if not names:
+            raise ValueError("must name at least one")
+        return names
+
+    @field_validator("db_user_roles")
+    @classmethod
+    def _check_user_roles(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        forbidden = sorted(FORBIDDEN_USER_ROLES & set(value))
+        if forbidden:
+            raise ValueError(
+                f"must not include {', '.join(forbidden)}: a token naming it would "
+                "bypass row-level security"
+            )
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        scheme = value.get_secret_value().split("://", 1)[0]
+        if scheme not in ("postgres", "postgresql"):
+            raise ValueError("must be a postgresql:// URL")
+        return value
 
     @field_validator("audiences", mode="before")
     @classmethod
@@ -263,6 +335,9 @@ class Settings(BaseModel):
             "leeway_seconds": self.leeway_seconds,
             "jwks_ttl_seconds": self.jwks_ttl_seconds,
             "jwks_cooldown_seconds": self.jwks_cooldown_seconds,
+            "database": "set" if self.database_url is not None else "not set",
+            "db_schemas": ",".join(self.db_schemas),
+            "db_admin": self.db_allow_admin,
         }
 
 

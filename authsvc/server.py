@@ -31,8 +31,12 @@ from authsvc import __version__
 from authsvc.api.auth import SERVICE as AUTH_SERVICE
 from authsvc.api.auth import SERVICE_NAME as AUTH_SERVICE_NAME
 from authsvc.api.auth import AuthServicer
+from authsvc.api.data import SERVICE as DATA_SERVICE
+from authsvc.api.data import SERVICE_NAME as DATA_SERVICE_NAME
+from authsvc.api.data import DataServicer
 from authsvc.api.registry import add_unary_service
 from authsvc.config import Settings
+from authsvc.data.service import Database
 from authsvc.errors import KeysUnavailable
 from authsvc.tokens import KeySet, TokenVerifier
 
@@ -107,18 +111,27 @@ class AuthsvcServer:
             hs256_secret=secret.get_secret_value() if secret is not None else None,
         )
         self.health = health.aio.HealthServicer()
+        self.database = Database(settings) if settings.database_url else None
         self._grpc = grpc.aio.server(options=server_options())
+        self._serving: dict[str, bool] = {AUTH_SERVICE_NAME: False}
+        if self.database is not None:
+            self._serving[DATA_SERVICE_NAME] = False
         self._background: list[asyncio.Task[None]] = []
 
     async def start(self) -> int:
         """Bind, serve, load keys, mark health; return the bound port."""
         add_unary_service(self._grpc, AuthServicer(self.verifier), AUTH_SERVICE)
+        if self.database is not None:
+            await self.database.open()
+            add_unary_service(
+                self._grpc, DataServicer(self.verifier, self.database), DATA_SERVICE
+            )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         reflection.enable_server_reflection(
-            (AUTH_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            (*self._serving, health.SERVICE_NAME, reflection.SERVICE_NAME),
             self._grpc,
         )
-        await self._set_health(serving=False)
+        await self._publish_health()
 
         self.port = self._bind(self.settings.listen_addr)
         await self._grpc.start()
@@ -129,6 +142,10 @@ class AuthsvcServer:
             __version__,
         )
 
+        if self.database is not None:
+            self._background.append(
+                asyncio.create_task(self.database.monitor(self._set_data_serving))
+            )
         await self._load_keys_once()
         if self.keys is not None:
             self._background.append(
@@ -140,7 +157,7 @@ class AuthsvcServer:
                 )
             )
         if self.verifier.ready:
-            await self._set_health(serving=True)
+            await self._set_serving(AUTH_SERVICE_NAME, True)
         else:
             self._background.append(asyncio.create_task(self._serve_when_ready()))
         return self.port
@@ -158,6 +175,8 @@ class AuthsvcServer:
                 await task
 
         await self._grpc.stop(grace)
+        if self.database is not None:
+            await self.database.close(grace)
         await self._http.aclose()
         logger.info("stopped")
 
@@ -188,17 +207,33 @@ class AuthsvcServer:
     async def _serve_when_ready(self) -> None:
         if self.keys is not None:
             await self.keys.wait_usable()
-            await self._set_health(serving=True)
+            await self._set_serving(AUTH_SERVICE_NAME, True)
 
-    async def _set_health(self, *, serving: bool) -> None:
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if serving
-            else health_pb2.HealthCheckResponse.NOT_SERVING
+    async def _set_data_serving(self, serving: bool) -> None:
+        await self._set_serving(DATA_SERVICE_NAME, serving)
+
+    async def _set_serving(self, service: str, serving: bool) -> None:
+        if self._serving.get(service) == serving:
+            return
+        self._serving[service] = serving
+        logger.info(
+            "health service=%s status=%s",
+            service,
+            "SERVING" if serving else "NOT_SERVING",
         )
-        for name in (OVERALL_HEALTH, AUTH_SERVICE_NAME):
-            await self.health.set(name, status)
-        logger.info("health status=%s", "SERVING" if serving else "NOT_SERVING")
+        await self._publish_health()
+
+    async def _publish_health(self) -> None:
+        """Each service's state, and the overall `""`: SERVING only if all are."""
+        for service, serving in self._serving.items():
+            await self.health.set(service, _status(serving))
+        await self.health.set(OVERALL_HEALTH, _status(all(self._serving.values())))
+
+
+def _status(serving: bool) -> Any:
+    if serving:
+        return health_pb2.HealthCheckResponse.SERVING
+    return health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 async def serve(settings: Settings) -> None:

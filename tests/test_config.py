@@ -101,3 +101,53 @@ def test_misspelled_authsvc_variables_are_reported() -> None:
     }
 
     assert Settings.unknown_variables(environ) == ["AUTHSVC_LEEWAY_SECOND"]
+
+
+@pytest.mark.parametrize(
+    ("dsn", "pooled"),
+    [
+        ("postgresql://u:p@aws-0-eu-west-1.pooler.supabase.com:6543/postgres", True),
+        ("postgresql://u@127.0.0.1:6432/db?pgbouncer=true", True),
+        ("postgresql://u@db.abcdefghijklmnopqrst.supabase.co:5432/postgres", False),
+        ("postgresql://u@127.0.0.1/db?sslmode=require", False),
+    ],
+)
+def test_transaction_pooler_is_detected_by_port_or_flag(dsn: str, pooled: bool) -> None:
+    from authsvc.data.pool import behind_transaction_pooler
+
+    assert behind_transaction_pooler(dsn) is pooled
+
+
+def test_pgbouncer_flag_is_not_sent_to_the_server_and_passwords_are_not_logged() -> (
+    None
+):
+    from authsvc.data.pool import _driver_dsn, redacted
+
+    dsn = "postgresql://u:hunter2@127.0.0.1:6432/db?pgbouncer=true&sslmode=disable"
+
+    assert (
+        _driver_dsn(dsn) == "postgresql://u:hunter2@127.0.0.1:6432/db?sslmode=disable"
+    )
+    assert "hunter2" not in redacted(dsn)
+
+
+def test_user_role_allowlist_never_admits_service_role() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_environ(
+            {
+                "SUPABASE_URL": PROJECT,
+                "AUTHSVC_DB_USER_ROLES": "authenticated,service_role",
+            }
+        )
+
+    assert "AUTHSVC_DB_USER_ROLES" in str(caught.value)
+
+
+def test_database_url_is_a_secret() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_environ(
+            {"SUPABASE_URL": PROJECT, "DATABASE_URL": "mysql://u:pw@h/db"}
+        )
+
+    assert "DATABASE_URL" in str(caught.value)
+    assert "pw" not in str(caught.value)

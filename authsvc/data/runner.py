@@ -1,0 +1,171 @@
+"""Running a compiled statement: one transaction, the right role, a deadline.
+
+Per request, inside one transaction and only there:
+- the role: the token's role if it is on the allowlist (user mode),
+  `service_role` (admin) or `anon`;
+- `request.jwt.claims` and `request.jwt.claim.sub`/`.role`, so auth.uid(),
+  auth.role() and auth.jwt() behave as behind Supabase's Data API;
+- `statement_timeout` from the call's deadline.
+All are set with `set_config(..., true)` (transaction-local) from bound
+parameters, so the next transaction on the same pooled connection sees none
+of it, whether this one committed or failed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from authsvc.data.errors import CONNECTION_ERRORS, translate
+from authsvc.data.query import Statement
+from authsvc.errors import (
+    NotFound,
+    PermissionDenied,
+    Reason,
+    ResourceExhausted,
+)
+from authsvc.tokens import VerifiedToken
+
+logger = logging.getLogger(__name__)
+
+ADMIN_ROLE = "service_role"
+ANON_ROLE = "anon"
+MIN_STATEMENT_TIMEOUT_MS = 1
+
+_SETUP_SQL = (
+    "SELECT set_config('role', $1, true), "
+    "set_config('request.jwt.claims', $2, true), "
+    "set_config('request.jwt.claim.sub', $3, true), "
+    "set_config('request.jwt.claim.role', $4, true), "
+    "set_config('statement_timeout', $5, true)"
+)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who a statement runs as."""
+
+    kind: str  # "user", "admin" or "anon"
+    token: VerifiedToken | None = None
+
+    @property
+    def admin(self) -> bool:
+        return self.kind == "admin"
+
+
+@dataclass(frozen=True)
+class Result:
+    rows_json: str
+    affected: int
+    count: int | None = None
+    truncated: bool = False
+
+
+class Runner:
+    def __init__(
+        self,
+        pool: Any,
+        *,
+        user_roles: frozenset[str],
+        admin_enabled: bool,
+        default_timeout_seconds: float,
+        acquire_timeout_seconds: float,
+        max_result_bytes: int,
+    ) -> None:
+        self._pool = pool
+        self._user_roles = user_roles
+        self._admin_enabled = admin_enabled
+        self._default_timeout = default_timeout_seconds
+        self._acquire_timeout = acquire_timeout_seconds
+        self._max_result_bytes = max_result_bytes
+
+    def role_for(self, caller: Caller) -> str:
+        """The Postgres role for a caller, or PermissionDenied."""
+        if caller.kind == "admin":
+            if not self._admin_enabled:
+                raise PermissionDenied(
+                    Reason.ADMIN_DISABLED,
+                    "admin mode is disabled on this server "
+                    "(the operator enables it with AUTHSVC_DB_ALLOW_ADMIN=true)",
+                )
+            return ADMIN_ROLE
+        if caller.kind == "anon":
+            return ANON_ROLE
+        assert caller.token is not None  # noqa: S101 (user mode carries its token)
+        role = caller.token.claims.get("role")
+        if not isinstance(role, str) or role not in self._user_roles:
+            raise PermissionDenied(
+                Reason.ROLE_NOT_ALLOWED,
+                "the token's role is not allowed for data access; allowed: "
+                + ", ".join(sorted(self._user_roles)),
+            )
+        return role
+
+    async def run(
+        self, caller: Caller, statement: Statement, time_remaining: float | None
+    ) -> Result:
+        role = self.role_for(caller)
+        claims, sub = _claims_for(caller, role)
+        budget = time_remaining if time_remaining is not None else self._default_timeout
+        timeout_ms = str(max(MIN_STATEMENT_TIMEOUT_MS, math.floor(budget * 1000)))
+
+        try:
+            async with self._pool.acquire(timeout=self._acquire_timeout) as conn:
+                return await self._in_transaction(
+                    conn, statement, (role, claims, sub, role, timeout_ms)
+                )
+        except (asyncpg.PostgresError, *CONNECTION_ERRORS) as exc:
+            raise translate(exc, admin=caller.admin) from exc
+
+    async def _in_transaction(
+        self, conn: Any, statement: Statement, settings: tuple[str, ...]
+    ) -> Result:
+        async with conn.transaction():
+            await conn.execute(_SETUP_SQL, *settings)
+            row = await conn.fetchrow(statement.sql, *statement.params)
+            # Raised inside the transaction, so a refused write rolls back.
+            return self._result(statement, row)
+
+    def _result(self, statement: Statement, row: Any) -> Result:
+        if statement.kind == "call":
+            text = "null" if statement.extra.get("void") else row[0]
+            self._check_size(text)
+            return Result(rows_json=text if text is not None else "null", affected=0)
+
+        rows_json = row["rows_json"]
+        self._check_size(rows_json)
+        fetched = int(row["fetched"])
+        cap = statement.extra.get("cap")
+        truncated = (
+            bool(statement.extra.get("capped"))
+            and isinstance(cap, int)
+            and fetched > cap
+        )
+        affected = min(fetched, cap) if isinstance(cap, int) else fetched
+        if statement.require_affected and affected == 0:
+            raise NotFound(
+                Reason.NO_ROWS_AFFECTED,
+                "no row matched (or row-level security hid every match)",
+            )
+        count = int(row["total"]) if "total" in row else None
+        return Result(rows_json, affected, count, truncated)
+
+    def _check_size(self, text: str | None) -> None:
+        if text is not None and len(text) > self._max_result_bytes:
+            raise ResourceExhausted(
+                Reason.RESULT_TOO_LARGE,
+                f"the result is larger than {self._max_result_bytes} bytes; "
+                "ask for fewer rows with a limit (and page with offset)",
+                {"max_bytes": str(self._max_result_bytes)},
+            )
+
+
+def _claims_for(caller: Caller, role: str) -> tuple[str, str]:
+    if caller.token is not None:
+        return json.dumps(caller.token.claims), caller.token.sub
+    return json.dumps({"role": role}), ""

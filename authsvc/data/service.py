@@ -1,0 +1,96 @@
+"""The database side of one server: pool, schema cache, compiler, runner, health.
+
+The pool opens without connecting (connections are made on demand), so the
+server starts even while the database is down; `monitor()` probes it and
+reports SERVING/NOT_SERVING for DataService as it comes and goes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from authsvc.config import Settings
+from authsvc.data.compiler import Compiler
+from authsvc.data.pool import PoolSettings, create_pool
+from authsvc.data.runner import Runner
+from authsvc.data.schema import SchemaCache
+
+logger = logging.getLogger(__name__)
+
+HEALTH_INTERVAL_SECONDS = 2.0
+HEALTH_TIMEOUT_SECONDS = 2.0
+POOL_MIN_SIZE = 0
+# Leave room under gRPC's 4 MiB message limit for the rest of the response.
+MAX_RESULT_BYTES = 4 * 1024 * 1024 - 64 * 1024
+
+
+class Database:
+    def __init__(self, settings: Settings) -> None:
+        if settings.database_url is None:
+            raise ValueError("Database needs DATABASE_URL")
+        self._settings = settings
+        self._pool_settings = PoolSettings(
+            dsn=settings.database_url.get_secret_value(),
+            min_size=POOL_MIN_SIZE,
+            max_size=settings.db_pool_max,
+            acquire_timeout_seconds=settings.db_acquire_timeout_seconds,
+            connect_timeout_seconds=settings.db_connect_timeout_seconds,
+            max_idle_seconds=settings.db_max_idle_seconds,
+        )
+        self._pool: Any = None
+        self.schema: SchemaCache | None = None
+        self.compiler: Compiler | None = None
+        self.runner: Runner | None = None
+
+    async def open(self) -> None:
+        settings = self._settings
+        self._pool = await create_pool(self._pool_settings)
+        self.schema = SchemaCache(self._acquire, settings.db_schemas)
+        self.compiler = Compiler(self.schema, max_rows=settings.db_max_rows)
+        self.runner = Runner(
+            self._pool,
+            user_roles=frozenset(settings.db_user_roles),
+            admin_enabled=settings.db_allow_admin,
+            default_timeout_seconds=settings.db_statement_timeout_seconds,
+            acquire_timeout_seconds=settings.db_acquire_timeout_seconds,
+            max_result_bytes=MAX_RESULT_BYTES,
+        )
+
+    async def close(self, grace_seconds: float) -> None:
+        if self._pool is None:
+            return
+        try:
+            await asyncio.wait_for(self._pool.close(), timeout=max(grace_seconds, 0.1))
+        except TimeoutError:
+            logger.warning("pool did not close in time; terminating connections")
+            self._pool.terminate()
+        logger.info("pool closed")
+
+    async def monitor(self, report: Callable[[bool], Awaitable[None]]) -> None:
+        """Probe the database until cancelled; load the schema when it is up."""
+        while True:
+            healthy = await self._probe()
+            if healthy and self.schema is not None and not self.schema.loaded:
+                try:
+                    await self.schema.refresh()
+                except Exception as exc:  # reported as health, never raised
+                    logger.warning("schema not loaded error=%s", type(exc).__name__)
+                    healthy = False
+            await report(healthy)
+            await asyncio.sleep(HEALTH_INTERVAL_SECONDS)
+
+    async def _probe(self) -> bool:
+        try:
+            async with asyncio.timeout(HEALTH_TIMEOUT_SECONDS):
+                async with self._pool.acquire() as connection:
+                    await connection.fetchval("SELECT 1")
+        except Exception as exc:  # reported as health, never raised
+            logger.warning("database unreachable error=%s", type(exc).__name__)
+            return False
+        return True
+
+    def _acquire(self) -> Any:
+        return self._pool.acquire(timeout=self._settings.db_acquire_timeout_seconds)
