@@ -69,6 +69,11 @@ $$;
 CREATE FUNCTION public.notes_by(who uuid) RETURNS SETOF public.notes
 LANGUAGE sql STABLE AS $$ SELECT * FROM public.notes WHERE owner = who ORDER BY id $$;
 
+CREATE TABLE public.profiles (
+  id uuid PRIMARY KEY, prefs jsonb NOT NULL, history jsonb[] NOT NULL DEFAULT '{}'
+);
+GRANT ALL ON public.profiles TO service_role;
+
 CREATE SCHEMA hidden;
 CREATE TABLE hidden.secrets (id int PRIMARY KEY, value text);
 GRANT USAGE ON SCHEMA hidden TO service_role;
@@ -970,3 +975,203 @@ async def test_data_health_follows_the_pooler_while_auth_stays_serving(
     assert overall.status == health_pb2.HealthCheckResponse.NOT_SERVING
     assert auth.sub == UID_A
     assert after.affected >= 0
+
+
+# The remaining pooler and RLS cases (C12 restart, C14, C15, C17).
+
+
+async def test_c12_pooler_restart_costs_at_most_unavailable_then_recovers(
+    database: tuple[TestDatabase, PgBouncer],
+    data: Data,
+    start_server: StartServer,
+    jwks: JwksStub,
+) -> None:
+    db, _ = database
+    bouncer = PgBouncer(default_pool_size=3)
+    await bouncer.start()
+    try:
+        server = await start_server(
+            jwks, DATABASE_URL=pooled(bouncer, db), AUTHSVC_DB_ALLOW_ADMIN="true"
+        )
+        await _wait_data_serving(server.channel)
+        stub = data_pb2_grpc.DataServiceStub(server.channel)
+
+        async def round_of(n: int) -> list[str]:
+            async def one(i: int) -> str:
+                request = data_pb2.SelectRequest(
+                    mode=ADMIN,
+                    target=notes(),
+                    columns=["id"],
+                    filter=cond("id", data_pb2.EQ, i % 4 + 1),
+                )
+                try:
+                    response = await stub.Select(request, timeout=30)
+                except grpc.aio.AioRpcError as exc:
+                    return exc.code().name
+                ids = [r["id"] for r in json.loads(response.rows_json)]
+                return "ok" if ids == [i % 4 + 1] else "wrong-row"
+
+            return await asyncio.gather(*(one(i) for i in range(n)))
+
+        first = await round_of(300)
+        await bouncer.restart()
+        during = await round_of(50)
+        after = await round_of(300)
+    finally:
+        await bouncer.stop()
+
+    assert set(first) == {"ok"}
+    assert set(during) <= {"ok", "UNAVAILABLE"}
+    assert set(after) == {"ok"}
+
+
+async def test_c14_jsonb_and_jsonb_arrays_round_trip_across_reconnects(
+    data: Data,
+) -> None:
+    await data.db.execute_as_superuser("TRUNCATE public.profiles")
+    target = data_pb2.Target(table="profiles")
+    prefs = {"theme": "dark", "n": 1, "u": "ü✓", "z": None}
+    rows = [
+        {"id": UID_A, "prefs": prefs, "history": [{"a": 1}, {"b": 2}]},
+        {"id": UID_B, "prefs": "x"},
+    ]
+    await data.stub.Insert(
+        data_pb2.InsertRequest(
+            mode=ADMIN, target=target, rows_json=json.dumps(rows[:1])
+        ),
+        timeout=10,
+    )
+    await data.stub.Insert(
+        data_pb2.InsertRequest(
+            mode=ADMIN, target=target, rows_json=json.dumps(rows[1])
+        ),
+        timeout=10,
+    )
+
+    async def read() -> list[dict[str, Any]]:
+        response = await data.stub.Select(
+            data_pb2.SelectRequest(
+                mode=ADMIN, target=target, order=[data_pb2.OrderBy(column="id")]
+            ),
+            timeout=10,
+        )
+        return json.loads(response.rows_json)
+
+    before = await asyncio.gather(*(read() for _ in range(50)))
+    await data.db.terminate_backends()
+    after = [await read() for _ in range(3)]
+    kinds = await data.db.fetch_as_superuser(
+        "SELECT jsonb_typeof(prefs) AS kind FROM public.profiles ORDER BY id"
+    )
+
+    for result in [*before, *after]:
+        assert result[0]["prefs"] == prefs
+        assert result[0]["history"] == [{"a": 1}, {"b": 2}]
+        assert result[1]["prefs"] == "x"
+    assert [k["kind"] for k in kinds] == ["object", "string"]
+
+
+async def test_c15_pool_saturation_fails_fast_and_cancelled_calls_free_their_slots(
+    database: tuple[TestDatabase, PgBouncer], start_server: StartServer, jwks: JwksStub
+) -> None:
+    db, bouncer = database
+    server = await start_server(
+        jwks,
+        DATABASE_URL=pooled(bouncer, db),
+        AUTHSVC_DB_ALLOW_ADMIN="true",
+        AUTHSVC_DB_POOL_MAX="2",
+        AUTHSVC_DB_ACQUIRE_TIMEOUT_SECONDS="1",
+    )
+    await _wait_data_serving(server.channel)
+    stub = data_pb2_grpc.DataServiceStub(server.channel)
+
+    def sleep(seconds: float) -> data_pb2.CallRequest:
+        return data_pb2.CallRequest(
+            mode=ADMIN, function="slow", args_json=json.dumps({"seconds": seconds})
+        )
+
+    busy = [asyncio.ensure_future(stub.Call(sleep(3), timeout=10)) for _ in range(2)]
+    await asyncio.sleep(0.5)
+    starved = await refusal(stub.Call, sleep(0))
+    await asyncio.gather(*busy)
+
+    abandoned = [stub.Call(sleep(0.5), timeout=0.05) for _ in range(20)]
+    outcomes = await asyncio.gather(*abandoned, return_exceptions=True)
+    await asyncio.sleep(1)
+    both_slots = await asyncio.gather(
+        *(stub.Call(sleep(0.1), timeout=5) for _ in range(2))
+    )
+
+    assert (starved.code, starved.reason) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "POOL_EXHAUSTED",
+    )
+    assert all(isinstance(o, grpc.aio.AioRpcError) for o in outcomes)
+    assert [json.loads(r.result_json) for r in both_slots] == [1, 1]
+
+
+async def test_c15_killed_backend_is_unavailable_and_the_pool_recovers(
+    data: Data,
+) -> None:
+    slow = asyncio.ensure_future(
+        data.stub.Call(
+            data_pb2.CallRequest(
+                mode=ADMIN, function="slow", args_json='{"seconds": 3}'
+            ),
+            timeout=10,
+        )
+    )
+    await asyncio.sleep(0.5)
+    await data.db.execute_as_superuser(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE datname = $1 AND query LIKE '%slow%' AND pid <> pg_backend_pid()",
+        data.db.name,
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await slow
+    follow_ups = [await select_bodies(data, ADMIN) for _ in range(10)]
+
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "Traceback" not in (caught.value.details() or "")
+    assert all(len(bodies) == 4 for bodies in follow_ups)
+
+
+async def test_c17_strict_policy_never_sees_a_previous_requests_empty_setting(
+    database: tuple[TestDatabase, PgBouncer],
+    data: Data,
+    start_server: StartServer,
+    jwks: JwksStub,
+) -> None:
+    """A policy casting the setting without nullif, on one shared server connection."""
+    db, _ = database
+    await db.execute_as_superuser(
+        "CREATE TABLE IF NOT EXISTS public.strict_t (owner uuid, body text);"
+        "ALTER TABLE public.strict_t ENABLE ROW LEVEL SECURITY;"
+        "DROP POLICY IF EXISTS strict_own ON public.strict_t;"
+        "CREATE POLICY strict_own ON public.strict_t FOR SELECT TO authenticated USING ("
+        " owner = (current_setting('request.jwt.claims', true)::jsonb->>'sub')::uuid);"
+        "GRANT SELECT ON public.strict_t TO authenticated, anon;"
+        "TRUNCATE public.strict_t;"
+        f"INSERT INTO public.strict_t VALUES ('{UID_A}', 'a'), ('{UID_B}', 'b');"
+    )
+    narrow = PgBouncer(default_pool_size=1)
+    await narrow.start()
+    try:
+        server = await start_server(jwks, DATABASE_URL=pooled(narrow, db))
+        await _wait_data_serving(server.channel)
+        stub = data_pb2_grpc.DataServiceStub(server.channel)
+
+        async def bodies(mode: data_pb2.Mode) -> list[str]:
+            response = await stub.Select(
+                data_pb2.SelectRequest(
+                    mode=mode, target=data_pb2.Target(table="strict_t")
+                ),
+                timeout=10,
+            )
+            return [r["body"] for r in json.loads(response.rows_json)]
+
+        seen = [await bodies(data.user(uid)) for uid in (UID_A, UID_B, UID_A)]
+    finally:
+        await narrow.stop()
+
+    assert seen == [["a"], ["b"], ["a"]]

@@ -147,14 +147,17 @@ class Compiler:
             )
         function = candidates[0]
         params = _Params()
+        # Each argument is picked out of the one jsonb parameter by Postgres,
+        # so its JSON text (and a number's exact value) is never re-encoded.
+        args_param = params.add(query.args_json) if args else ""
         arguments = ", ".join(
             f"{quote_ident(name)} => "
             + _convert(
-                params.add(json.dumps(value)),
+                f"({args_param}::jsonb -> {params.add(name)}::text)",
                 _type_kind(function.args[name]),
                 function.args[name],
             )
-            for name, value in args.items()
+            for name in args
         )
         call = f"{function.sql}({arguments})"
         if function.returns_set:
@@ -301,7 +304,9 @@ class Compiler:
             if column.kind == "json":
                 raise _bad_filter(column, "json columns cannot be compared; use jsonb")
             converted = _convert(
-                params.add(condition.value_json), column.kind, column.type_sql
+                f"{params.add(condition.value_json)}::jsonb",
+                column.kind,
+                column.type_sql,
             )
             return f"({name} {_COMPARISONS[op]} {converted})"
         if op in ("like", "ilike"):
@@ -323,7 +328,7 @@ class Compiler:
             return f"({left} {symbol} {params.add(condition.value_json)}::jsonb)"
         if column.kind == "array":
             converted = _convert(
-                params.add(condition.value_json), "array", column.type_sql
+                f"{params.add(condition.value_json)}::jsonb", "array", column.type_sql
             )
             return f"({name} {symbol} {converted})"
         raise _bad_filter(column, f"{op.upper()} needs a jsonb or array column")
@@ -344,17 +349,15 @@ class _Params:
         return tuple(self._values)
 
 
-def _convert(placeholder: str, kind: str, type_sql: str) -> str:
-    """SQL turning a jsonb parameter into a value of the column's type."""
+def _convert(jsonb: str, kind: str, type_sql: str) -> str:
+    """SQL turning a jsonb expression into a value of the column's type."""
     if kind == "jsonb":
-        return f"{placeholder}::jsonb"
+        return jsonb
     if kind == "json":
-        return f"{placeholder}::jsonb::json"
+        return f"{jsonb}::json"
     if kind == "array":
-        return (
-            f"ARRAY(SELECT jsonb_array_elements_text({placeholder}::jsonb))::{type_sql}"
-        )
-    return f"({placeholder}::jsonb #>> '{{}}')::{type_sql}"
+        return f"ARRAY(SELECT jsonb_array_elements_text({jsonb}))::{type_sql}"
+    return f"({jsonb} #>> '{{}}')::{type_sql}"
 
 
 def _type_kind(type_sql: str) -> str:

@@ -52,6 +52,12 @@ def translate(exc: BaseException, *, admin: bool) -> AuthsvcError:
     """Our error for an exception raised while running a statement."""
     if isinstance(exc, asyncpg.PostgresError):
         return _from_postgres(exc, admin=admin)
+    if isinstance(exc, asyncpg.exceptions.InterfaceError) and not isinstance(
+        exc, asyncpg.exceptions.ConnectionDoesNotExistError
+    ):
+        # Usually a closed connection, but also how asyncpg reports misuse:
+        # keep the traceback so a bug does not hide behind UNAVAILABLE.
+        logger.error("driver interface error", exc_info=exc)
     if isinstance(exc, TimeoutError):
         return ResourceExhausted(
             Reason.POOL_EXHAUSTED,
