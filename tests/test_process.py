@@ -237,6 +237,17 @@ async def test_c23_dual_stack_listener_answers_on_ipv4_and_ipv6(
     assert code == 0
 
 
+async def _run_printed(command: str) -> tuple[bytes, bytes]:
+    process = await asyncio.create_subprocess_exec(
+        *shlex.split(command),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 20)
+    assert process.returncode == 0, err.decode()
+    return out, err
+
+
 async def test_dev_mode_prints_a_token_and_a_command_that_verifies_it(
     tmp_path: Path,
 ) -> None:
@@ -249,18 +260,17 @@ async def test_dev_mode_prints_a_token_and_a_command_that_verifies_it(
     try:
         await process.wait_serving()
         assert process.proc.stdout is not None
-        banner = (await asyncio.wait_for(process.proc.stdout.read(8192), 5)).decode()
-        command = next(
-            line.strip() for line in banner.splitlines() if "grpcurl -plaintext" in line
-        )
-        command = command.replace("localhost:", "127.0.0.1:")
-
-        grpcurl = await asyncio.create_subprocess_exec(
-            *shlex.split(command),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await asyncio.wait_for(grpcurl.communicate(), 20)
+        banner = (
+            await asyncio.wait_for(process.proc.stdout.readuntil(b"Ctrl-C"), 5)
+        ).decode()
+        commands = [
+            line.strip().replace("localhost:", "127.0.0.1:")
+            for line in banner.splitlines()
+            if "grpcurl -plaintext" in line
+        ]
+        verify_out, err = await _run_printed(commands[0])
+        admin_out, _ = await _run_printed(commands[1])
+        user_out, _ = await _run_printed(commands[2])
 
         minted = await asyncio.create_subprocess_exec(
             AUTHSVC,
@@ -278,8 +288,13 @@ async def test_dev_mode_prints_a_token_and_a_command_that_verifies_it(
         process.proc.send_signal(signal.SIGINT)
         code, _ = await process.finish()
 
-    claims = json.loads(out)
-    assert grpcurl.returncode == 0, err.decode()
+    claims = json.loads(verify_out)
+    admin_rows = json.loads(json.loads(admin_out)["rows_json"])
+    user_rows = json.loads(json.loads(user_out)["rows_json"])
+    assert err == b""
+    assert len(admin_rows) == 3
+    assert {row["owner"] for row in user_rows} == {claims["sub"]}
+    assert len(user_rows) == 2
     assert re.search(r"\beyJ[\w-]+\.[\w-]+\.[\w-]+\b", banner)
     assert claims["sub"] == "11111111-1111-1111-1111-111111111111"
     assert claims["algorithm"] == "ES256"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from authsvc.config import Settings
 from authsvc.dev import dev_directory
+from authsvc.dev.database import EmbeddedPostgres, EmbeddedPostgresError
 from authsvc.dev.issuer import DEV_ISSUER, DevIssuer, serve_jwks
 from authsvc.server import AuthsvcServer, wait_for_stop_signal
 
@@ -26,43 +27,66 @@ async def run_dev(environ: Mapping[str, str]) -> None:
 
     jwks_runner, jwks_url = await serve_jwks(issuer)
     logger.info("dev jwks serving url=%s", jwks_url)
-    settings = Settings.from_environ(
-        {**environ, "AUTHSVC_ISSUER": DEV_ISSUER, "AUTHSVC_JWKS_URL": jwks_url}
-    )
-    server = AuthsvcServer(settings)
+    overrides = {"AUTHSVC_ISSUER": DEV_ISSUER, "AUTHSVC_JWKS_URL": jwks_url}
+    embedded = None
+    if not environ.get("DATABASE_URL"):
+        embedded = EmbeddedPostgres(issuer.directory)
+        try:
+            overrides["DATABASE_URL"] = await embedded.start()
+            # Local demo data only: admin mode is how the quick-start compares.
+            overrides["AUTHSVC_DB_ALLOW_ADMIN"] = "true"
+        except EmbeddedPostgresError as exc:
+            logger.warning("no embedded database, DataService is off: %s", exc)
+            embedded = None
+
+    server = AuthsvcServer(Settings.from_environ({**environ, **overrides}))
     try:
         port = await server.start()
-        print(quick_start(issuer.mint(extra={"org_id": "org_demo"}), port), flush=True)
+        token = issuer.mint(extra={"org_id": "org_demo"})
+        print(quick_start(token, port, demo_data=embedded is not None), flush=True)
         await wait_for_stop_signal()
         await server.stop()
     finally:
         await jwks_runner.cleanup()
+        if embedded is not None:
+            await embedded.stop()
 
 
-def quick_start(token: str, port: int) -> str:
+def quick_start(token: str, port: int, *, demo_data: bool) -> str:
     bin_dir = _shown_bin_dir()
     target = f"localhost:{port}"
     request = shlex.quote(f'{{"token": "{token}"}}')
-    return "\n".join(
-        [
-            "",
-            f"authsvc dev is ready on {target} (issuer {DEV_ISSUER}).",
-            "A token for the dev user, valid for one hour:",
-            "",
-            token,
-            "",
-            "Verify it with grpcurl:",
-            f"  {bin_dir}grpcurl -plaintext -d {request} {target} "
-            "authsvc.v1.AuthService/VerifyToken",
-            "or with authsvc's own client:",
-            f"  {bin_dir}authsvc verify --target {target} '{token}'",
-            "Mint another (see --help for claims):",
-            f"  {bin_dir}authsvc token --email someone@example.com",
-            "",
-            "Ctrl-C stops the server.",
+    lines = [
+        "",
+        f"authsvc dev is ready on {target} (issuer {DEV_ISSUER}).",
+        "A token for the dev user, valid for one hour:",
+        "",
+        token,
+        "",
+        "Verify it with grpcurl:",
+        f"  {bin_dir}grpcurl -plaintext -d {request} {target} "
+        "authsvc.v1.AuthService/VerifyToken",
+        "or with authsvc's own client:",
+        f"  {bin_dir}authsvc verify --target {target} '{token}'",
+        "Mint another (see --help for claims):",
+        f"  {bin_dir}authsvc token --email someone@example.com",
+        "",
+    ]
+    if demo_data:
+        select = '"target": {"table": "notes"}, "columns": ["owner", "body"]'
+        admin = shlex.quote(f'{{"mode": {{"admin": {{}}}}, {select}}}')
+        user = shlex.quote(f'{{"mode": {{"user_token": "{token}"}}, {select}}}')
+        lines += [
+            "The embedded database has a table `notes` with row-level security.",
+            "Every row, as admin (service role):",
+            f"  {bin_dir}grpcurl -plaintext -d {admin} {target} "
+            "authsvc.v1.DataService/Select",
+            "Only the dev user's rows, as the dev user (RLS applies):",
+            f"  {bin_dir}grpcurl -plaintext -d {user} {target} "
+            "authsvc.v1.DataService/Select",
             "",
         ]
-    )
+    return "\n".join([*lines, "Ctrl-C stops the server.", ""])
 
 
 def _shown_bin_dir() -> str:

@@ -1,0 +1,1 @@
+"""Data access: schema cache, query compiler, transaction runner, pool."""
