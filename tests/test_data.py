@@ -239,6 +239,28 @@ async def test_invalid_user_token_is_unauthenticated_with_the_token_reason(
     )
 
 
+async def test_c18_shipped_functions_are_not_security_definer_or_open_to_anon(
+    data: Data,
+) -> None:
+    """The catalog checks of C18, over what the Supabase bootstrap creates."""
+    unpinned = await data.db.fetch_as_superuser(
+        "SELECT p.oid::regprocedure::text FROM pg_proc p "
+        "JOIN pg_namespace n ON n.oid = p.pronamespace "
+        "WHERE p.prosecdef AND n.nspname = 'auth' AND NOT EXISTS ("
+        " SELECT 1 FROM unnest(coalesce(p.proconfig, '{}')) c "
+        " WHERE c LIKE 'search_path=%')"
+    )
+    definer_for_anon = await data.db.fetch_as_superuser(
+        "SELECT p.oid::regprocedure::text FROM pg_proc p "
+        "JOIN pg_namespace n ON n.oid = p.pronamespace "
+        "WHERE p.prosecdef AND n.nspname IN ('auth', 'public') "
+        "AND has_function_privilege('anon', p.oid, 'execute')"
+    )
+
+    assert unpinned == []
+    assert definer_for_anon == []
+
+
 @pytest.mark.parametrize(
     "role",
     ["service_role", "postgres", "supabase_admin", "authenticated; reset role", "anon"],
@@ -860,6 +882,8 @@ async def test_nothing_leaks_between_requests_on_one_server_connection(
             DATABASE_URL=pooled(narrow, db),
             AUTHSVC_DB_ALLOW_ADMIN="true",
             AUTHSVC_DB_POOL_MAX="8",
+            # 1,250 calls queue for one server connection: wait, do not shed.
+            AUTHSVC_DB_ACQUIRE_TIMEOUT_SECONDS="120",
         )
         await _wait_data_serving(server.channel)
         stub = data_pb2_grpc.DataServiceStub(server.channel)
@@ -881,9 +905,9 @@ async def test_nothing_leaks_between_requests_on_one_server_connection(
             )
             return result.reason
 
-        modes = [ADMIN, data.user(UID_A), ANON, data.user(UID_B)] * 100
+        modes = [ADMIN, data.user(UID_A), ANON, data.user(UID_B)] * 250
         results = await asyncio.gather(
-            *(whoami(m) for m in modes), *(failing() for _ in range(100))
+            *(whoami(m) for m in modes), *(failing() for _ in range(250))
         )
     finally:
         await narrow.stop()
@@ -894,7 +918,7 @@ async def test_nothing_leaks_between_requests_on_one_server_connection(
         ("authenticated", UID_A),
         ("anon", None),
         ("authenticated", UID_B),
-    ] * 100
+    ] * 250
     assert [(r["role"], r["uid"]) for r in seen] == expected
     assert set(results[len(modes) :]) == {"DATA_ERROR"}
 
@@ -1175,3 +1199,112 @@ async def test_c17_strict_policy_never_sees_a_previous_requests_empty_setting(
         await narrow.stop()
 
     assert seen == [["a"], ["b"], ["a"]]
+
+
+async def test_reload_schema_picks_up_a_migration_and_needs_admin(data: Data) -> None:
+    await data.db.execute_as_superuser(
+        "CREATE TABLE IF NOT EXISTS public.migrated (id int PRIMARY KEY);"
+        "GRANT ALL ON public.migrated TO service_role;"
+    )
+    target = data_pb2.Target(table="migrated")
+
+    as_user = await refusal(
+        data.stub.ReloadSchema, data_pb2.ReloadSchemaRequest(mode=data.user())
+    )
+    reloaded = await data.stub.ReloadSchema(
+        data_pb2.ReloadSchemaRequest(mode=ADMIN), timeout=10
+    )
+    rows = await data.stub.Select(
+        data_pb2.SelectRequest(mode=ADMIN, target=target), timeout=10
+    )
+
+    assert (as_user.code, as_user.reason) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "ADMIN_REQUIRED",
+    )
+    assert reloaded.tables >= 5
+    assert rows.rows_json == "[]"
+
+
+@pytest.mark.parametrize("rpc", ["Update", "Delete"])
+async def test_max_affected_refuses_a_larger_write_and_changes_nothing(
+    data: Data, rpc: str
+) -> None:
+    call = getattr(data.stub, rpc)
+    request_class = getattr(data_pb2, f"{rpc}Request")
+    extra = {"values_json": '{"body": "zap"}'} if rpc == "Update" else {}
+
+    result = await refusal(
+        call,
+        request_class(
+            mode=ADMIN, target=notes(), all_rows=True, max_affected=3, **extra
+        ),
+    )
+    within = await call(
+        request_class(
+            mode=ADMIN,
+            target=notes(),
+            filter=cond("body", data_pb2.EQ, "a1"),
+            max_affected=1,
+            **extra,
+        ),
+        timeout=10,
+    )
+
+    assert (result.code, result.reason, result.metadata["affected"]) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "TOO_MANY_ROWS",
+        "4",
+    )
+    assert within.affected == 1
+    assert len(await select_bodies(data, ADMIN)) == (4 if rpc == "Update" else 3)
+
+
+async def test_c25_result_larger_than_a_message_is_resource_exhausted(
+    data: Data,
+) -> None:
+    rows = json.dumps([{"owner": UID_A, "body": "x" * 10_000} for _ in range(300)])
+    for _ in range(2):  # each request stays under the 4 MiB message limit
+        await data.stub.Insert(
+            data_pb2.InsertRequest(mode=ADMIN, target=notes(), rows_json=rows),
+            timeout=30,
+        )
+
+    result = await refusal(
+        data.stub.Select, data_pb2.SelectRequest(mode=ADMIN, target=notes())
+    )
+    page = await data.stub.Select(
+        data_pb2.SelectRequest(mode=ADMIN, target=notes(), columns=["id"], limit=5),
+        timeout=10,
+    )
+
+    assert (result.code, result.reason) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "RESULT_TOO_LARGE",
+    )
+    assert "limit" in result.message
+    assert page.affected == 5
+
+
+@pytest.mark.parametrize(("limit", "offset"), [(-1, 0), (0, -5)])
+async def test_c19_negative_limit_or_offset_is_refused(
+    data: Data, limit: int, offset: int
+) -> None:
+    result = await refusal(
+        data.stub.Select,
+        data_pb2.SelectRequest(mode=ADMIN, target=notes(), limit=limit, offset=offset),
+    )
+
+    assert (result.code, result.reason) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "BAD_REQUEST",
+    )
+
+
+async def test_c19_huge_limit_is_capped_by_the_row_cap(data: Data) -> None:
+    response = await data.stub.Select(
+        data_pb2.SelectRequest(mode=ADMIN, target=notes(), limit=100_000_000),
+        timeout=10,
+    )
+
+    assert (response.affected, response.truncated) == (4, False)

@@ -9,7 +9,7 @@ from authsvc.data import query
 from authsvc.data.compiler import Compiler
 from authsvc.data.runner import Caller, Result, Runner
 from authsvc.data.service import Database
-from authsvc.errors import InvalidArgument, Reason
+from authsvc.errors import InvalidArgument, PermissionDenied, Reason
 from authsvc.tokens import TokenVerifier
 from authsvc.v1 import data_pb2, data_pb2_grpc
 
@@ -42,6 +42,7 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
         if database.compiler is None or database.runner is None:
             raise ValueError("open the database before serving it")
         self._verifier = verifier
+        self._database = database
         self._compiler: Compiler = database.compiler
         self._runner: Runner = database.runner
 
@@ -107,6 +108,7 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
                 all_rows=request.all_rows,
                 returning=tuple(request.returning.columns),
                 require_affected=request.require_affected,
+                max_affected=request.max_affected,
             )
         )
         return _rows(
@@ -123,6 +125,7 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
                 all_rows=request.all_rows,
                 returning=tuple(request.returning.columns),
                 require_affected=request.require_affected,
+                max_affected=request.max_affected,
             )
         )
         return _rows(
@@ -137,6 +140,18 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
         )
         result = await self._runner.run(caller, statement, context.time_remaining())
         return data_pb2.CallResponse(result_json=result.rows_json)
+
+    @unary_errors("ReloadSchema")
+    async def ReloadSchema(
+        self, request: Any, context: Any
+    ) -> data_pb2.ReloadSchemaResponse:
+        caller = await self._caller(request.mode)
+        if not caller.admin:
+            raise PermissionDenied(
+                Reason.ADMIN_REQUIRED, "reloading the schema needs admin mode"
+            )
+        tables, functions = await self._database.reload_schema()
+        return data_pb2.ReloadSchemaResponse(tables=tables, functions=functions)
 
     async def _caller(self, mode: Any) -> Caller:
         """Who the request runs as; the mode must be explicit."""

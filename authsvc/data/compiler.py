@@ -109,6 +109,7 @@ class Compiler:
             query.returning,
             params,
             require_affected=query.require_affected,
+            max_affected=query.max_affected,
         )
 
     async def delete(self, query: Delete) -> Statement:
@@ -122,6 +123,7 @@ class Compiler:
             query.returning,
             params,
             require_affected=query.require_affected,
+            max_affected=query.max_affected,
         )
 
     async def call(self, query: Call) -> Statement:
@@ -177,7 +179,10 @@ class Compiler:
         params: _Params,
         *,
         require_affected: bool,
+        max_affected: int = 0,
     ) -> Statement:
+        if max_affected < 0:
+            raise _bad_request("max_affected must not be negative")
         if returning:
             columns = self._column_list(table, returning, default_all=False)
             sql = (
@@ -190,7 +195,13 @@ class Compiler:
                 f"WITH {_ROWS} AS ({body} RETURNING 1) "
                 f"SELECT '[]' AS rows_json, count(*) AS fetched FROM {_ROWS}"
             )
-        return Statement(sql, params.values, "rows", require_affected=require_affected)
+        return Statement(
+            sql,
+            params.values,
+            "rows",
+            require_affected=require_affected,
+            max_affected=max_affected,
+        )
 
     def _on_conflict(self, table: Table, query: Insert, inserted: list[Column]) -> str:
         keys = query.on_conflict or table.primary_key

@@ -88,6 +88,7 @@ class Update:
     all_rows: bool = False
     returning: tuple[str, ...] = ()
     require_affected: bool = False
+    max_affected: int = 0
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ class Delete:
     all_rows: bool = False
     returning: tuple[str, ...] = ()
     require_affected: bool = False
+    max_affected: int = 0
 
 
 @dataclass(frozen=True)
@@ -114,4 +116,5 @@ class Statement:
     params: tuple[object, ...]
     kind: str  # "rows" (rows_json, affected[, truncated][, count]) or "call"
     require_affected: bool = False
+    max_affected: int = 0
     extra: dict[str, object] = field(default_factory=dict)

@@ -24,6 +24,7 @@ import asyncpg
 from authsvc.data.errors import CONNECTION_ERRORS, translate
 from authsvc.data.query import Statement
 from authsvc.errors import (
+    FailedPrecondition,
     NotFound,
     PermissionDenied,
     Reason,
@@ -147,6 +148,13 @@ class Runner:
             and fetched > cap
         )
         affected = min(fetched, cap) if isinstance(cap, int) else fetched
+        if statement.max_affected and affected > statement.max_affected:
+            raise FailedPrecondition(
+                Reason.TOO_MANY_ROWS,
+                f"the write would change {affected} rows, more than max_affected="
+                f"{statement.max_affected}; nothing was changed",
+                {"affected": str(affected)},
+            )
         if statement.require_affected and affected == 0:
             raise NotFound(
                 Reason.NO_ROWS_AFFECTED,

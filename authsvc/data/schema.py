@@ -15,6 +15,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import asyncpg
+
+from authsvc.data.errors import CONNECTION_ERRORS, translate
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_REFRESH_INTERVAL_SECONDS = 5.0
@@ -132,10 +136,17 @@ class SchemaCache:
             found = self._snapshot.functions.get((schema, name), [])
         return found
 
-    async def refresh(self) -> None:
-        """Read the catalog now."""
+    async def refresh(self) -> tuple[int, int]:
+        """Read the catalog now; return the numbers of tables and functions."""
         async with self._lock:
             await self._load()
+        return self.counts
+
+    @property
+    def counts(self) -> tuple[int, int]:
+        snapshot = self._snapshot
+        functions = sum(len(f) for f in snapshot.functions.values())
+        return len(snapshot.tables), functions
 
     async def _refresh_if_due(self) -> bool:
         """Refresh unless one happened within the interval; True if it ran."""
@@ -148,9 +159,14 @@ class SchemaCache:
             return True
 
     async def _load(self) -> None:
-        async with self._catalog() as connection:
-            column_rows = await connection.fetch(_COLUMNS_SQL, list(self.schemas))
-            function_rows = await connection.fetch(_FUNCTIONS_SQL, list(self.schemas))
+        try:
+            async with self._catalog() as connection:
+                column_rows = await connection.fetch(_COLUMNS_SQL, list(self.schemas))
+                function_rows = await connection.fetch(
+                    _FUNCTIONS_SQL, list(self.schemas)
+                )
+        except (asyncpg.PostgresError, *CONNECTION_ERRORS) as exc:
+            raise translate(exc, admin=False) from exc
         snapshot = Snapshot(
             tables=_tables(column_rows), functions=_functions(function_rows)
         )

