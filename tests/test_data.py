@@ -66,6 +66,13 @@ CREATE FUNCTION public.slow(seconds float8) RETURNS int LANGUAGE sql AS $$
   SELECT 1 FROM pg_sleep(seconds)
 $$;
 
+CREATE FUNCTION public.rename_then_sleep(new_body text, seconds float8)
+RETURNS void LANGUAGE sql AS $$
+  UPDATE public.notes SET body = new_body WHERE owner = auth.uid();
+  SELECT pg_sleep(seconds);
+$$;
+GRANT EXECUTE ON FUNCTION public.rename_then_sleep(text, float8) TO authenticated;
+
 CREATE FUNCTION public.notes_by(who uuid) RETURNS SETOF public.notes
 LANGUAGE sql STABLE AS $$ SELECT * FROM public.notes WHERE owner = who ORDER BY id $$;
 
@@ -864,6 +871,24 @@ async def test_c26_deadline_cancels_the_query_and_frees_the_connection(
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert running == []
     assert len(after) == 4
+
+
+async def test_c26_write_then_timeout_in_one_transaction_is_rolled_back(
+    data: Data,
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await data.stub.Call(
+            data_pb2.CallRequest(
+                mode=data.user(UID_A),
+                function="rename_then_sleep",
+                args_json='{"new_body": "x", "seconds": 5}',
+            ),
+            timeout=0.3,
+        )
+    next_call = await select_bodies(data, data.user(UID_A))
+
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert next_call == ["a1", "a2"]
 
 
 async def test_nothing_leaks_between_requests_on_one_server_connection(
