@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from authsvc.api.status import unary_errors
@@ -48,88 +49,88 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
 
     @unary_errors("Select")
     async def Select(self, request: Any, context: Any) -> data_pb2.RowsResponse:
-        caller = await self._caller(request.mode)
-        statement = await self._compiler.select(
-            query.Select(
-                target=_target(request.target),
-                columns=tuple(request.columns),
-                filter=_filter(request.filter) if request.HasField("filter") else None,
-                order=tuple(
-                    query.Order(o.column, o.descending, _NULLS.get(o.nulls))
-                    for o in request.order
-                ),
-                limit=request.limit,
-                offset=request.offset,
-                count=request.count,
-            )
-        )
-        return _rows(
-            await self._runner.run(caller, statement, context.time_remaining())
+        return await self._rows(
+            request,
+            context,
+            lambda: self._compiler.select(
+                query.Select(
+                    target=_target(request.target),
+                    columns=tuple(request.columns),
+                    filter=_optional_filter(request),
+                    order=tuple(
+                        query.Order(o.column, o.descending, _NULLS.get(o.nulls))
+                        for o in request.order
+                    ),
+                    limit=request.limit,
+                    offset=request.offset,
+                    count=request.count,
+                )
+            ),
         )
 
     @unary_errors("Insert")
     async def Insert(self, request: Any, context: Any) -> data_pb2.RowsResponse:
-        caller = await self._caller(request.mode)
-        statement = await self._compiler.insert(
-            query.Insert(
-                target=_target(request.target),
-                rows_json=request.rows_json,
-                returning=tuple(request.returning.columns),
-            )
-        )
-        return _rows(
-            await self._runner.run(caller, statement, context.time_remaining())
+        return await self._rows(
+            request,
+            context,
+            lambda: self._compiler.insert(
+                query.Insert(
+                    target=_target(request.target),
+                    rows_json=request.rows_json,
+                    returning=tuple(request.returning.columns),
+                )
+            ),
         )
 
     @unary_errors("Upsert")
     async def Upsert(self, request: Any, context: Any) -> data_pb2.RowsResponse:
-        caller = await self._caller(request.mode)
-        statement = await self._compiler.insert(
-            query.Insert(
-                target=_target(request.target),
-                rows_json=request.rows_json,
-                returning=tuple(request.returning.columns),
-                on_conflict=tuple(request.on_conflict),
-                ignore_duplicates=request.ignore_duplicates,
-            )
-        )
-        return _rows(
-            await self._runner.run(caller, statement, context.time_remaining())
+        return await self._rows(
+            request,
+            context,
+            lambda: self._compiler.insert(
+                query.Insert(
+                    target=_target(request.target),
+                    rows_json=request.rows_json,
+                    returning=tuple(request.returning.columns),
+                    on_conflict=tuple(request.on_conflict),
+                    ignore_duplicates=request.ignore_duplicates,
+                )
+            ),
         )
 
     @unary_errors("Update")
     async def Update(self, request: Any, context: Any) -> data_pb2.RowsResponse:
-        caller = await self._caller(request.mode)
-        statement = await self._compiler.update(
-            query.Update(
-                target=_target(request.target),
-                values_json=request.values_json,
-                filter=_filter(request.filter) if request.HasField("filter") else None,
-                all_rows=request.all_rows,
-                returning=tuple(request.returning.columns),
-                require_affected=request.require_affected,
-                max_affected=request.max_affected,
-            )
-        )
-        return _rows(
-            await self._runner.run(caller, statement, context.time_remaining())
+        return await self._rows(
+            request,
+            context,
+            lambda: self._compiler.update(
+                query.Update(
+                    target=_target(request.target),
+                    values_json=request.values_json,
+                    filter=_optional_filter(request),
+                    all_rows=request.all_rows,
+                    returning=tuple(request.returning.columns),
+                    require_affected=request.require_affected,
+                    max_affected=request.max_affected,
+                )
+            ),
         )
 
     @unary_errors("Delete")
     async def Delete(self, request: Any, context: Any) -> data_pb2.RowsResponse:
-        caller = await self._caller(request.mode)
-        statement = await self._compiler.delete(
-            query.Delete(
-                target=_target(request.target),
-                filter=_filter(request.filter) if request.HasField("filter") else None,
-                all_rows=request.all_rows,
-                returning=tuple(request.returning.columns),
-                require_affected=request.require_affected,
-                max_affected=request.max_affected,
-            )
-        )
-        return _rows(
-            await self._runner.run(caller, statement, context.time_remaining())
+        return await self._rows(
+            request,
+            context,
+            lambda: self._compiler.delete(
+                query.Delete(
+                    target=_target(request.target),
+                    filter=_optional_filter(request),
+                    all_rows=request.all_rows,
+                    returning=tuple(request.returning.columns),
+                    require_affected=request.require_affected,
+                    max_affected=request.max_affected,
+                )
+            ),
         )
 
     @unary_errors("Call")
@@ -153,6 +154,18 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
         tables, functions = await self._database.reload_schema()
         return data_pb2.ReloadSchemaResponse(tables=tables, functions=functions)
 
+    async def _rows(
+        self,
+        request: Any,
+        context: Any,
+        compile_statement: Callable[[], Awaitable[query.Statement]],
+    ) -> data_pb2.RowsResponse:
+        """Check the mode first, then compile and run a rows statement."""
+        caller = await self._caller(request.mode)
+        statement = await compile_statement()
+        result = await self._runner.run(caller, statement, context.time_remaining())
+        return _rows(result)
+
     async def _caller(self, mode: Any) -> Caller:
         """Who the request runs as; the mode must be explicit."""
         kind = mode.WhichOneof("kind")
@@ -170,6 +183,10 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
         # Refuse a disallowed role or mode before any SQL is compiled.
         self._runner.role_for(caller)
         return caller
+
+
+def _optional_filter(request: Any) -> query.Filter | None:
+    return _filter(request.filter) if request.HasField("filter") else None
 
 
 def _target(target: Any) -> query.Target:
