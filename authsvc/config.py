@@ -41,6 +41,9 @@ DEFAULT_DB_CONNECT_TIMEOUT_SECONDS = 5.0
 DEFAULT_DB_MAX_IDLE_SECONDS = 300.0
 DEFAULT_DB_MAX_ROWS = 1000
 DEFAULT_DB_STATEMENT_TIMEOUT_SECONDS = 10.0
+DEFAULT_DB_MAX_STATEMENT_TIMEOUT_SECONDS = 60.0
+# Postgres' statement_timeout is an int of milliseconds.
+MAX_STATEMENT_TIMEOUT_SECONDS = (2**31 - 1) / 1000
 # Roles a token may never select, whatever the allowlist says.
 FORBIDDEN_USER_ROLES = frozenset({"service_role", "postgres", "supabase_admin"})
 
@@ -177,7 +180,14 @@ class Settings(BaseModel):
     db_statement_timeout_seconds: float = Field(
         default=DEFAULT_DB_STATEMENT_TIMEOUT_SECONDS,
         gt=0,
+        le=MAX_STATEMENT_TIMEOUT_SECONDS,
         alias="AUTHSVC_DB_STATEMENT_TIMEOUT_SECONDS",
+    )
+    db_max_statement_timeout_seconds: float = Field(
+        default=DEFAULT_DB_MAX_STATEMENT_TIMEOUT_SECONDS,
+        gt=0,
+        le=MAX_STATEMENT_TIMEOUT_SECONDS,
+        alias="AUTHSVC_DB_MAX_STATEMENT_TIMEOUT_SECONDS",
     )
 
     @field_validator("db_schemas", "db_user_roles", mode="before")

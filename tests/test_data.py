@@ -81,6 +81,19 @@ CREATE TABLE public.profiles (
 );
 GRANT ALL ON public.profiles TO service_role;
 
+CREATE TABLE public.kept (authsvc_kept text, authsvc_rows text, id int PRIMARY KEY);
+GRANT ALL ON public.kept TO service_role;
+INSERT INTO public.kept VALUES ('K', 'R', 1);
+
+CREATE VIEW public.computed AS SELECT id, id * 2 AS doubled FROM public.kept;
+GRANT ALL ON public.computed TO service_role;
+
+-- An application bug: a session-level setting a later request must not see.
+CREATE FUNCTION public.set_session_claim() RETURNS void LANGUAGE sql AS $$
+  SELECT set_config('request.jwt.claim', '{"sub": "evil"}', false);
+$$;
+GRANT EXECUTE ON FUNCTION public.set_session_claim() TO anon;
+
 CREATE SCHEMA hidden;
 CREATE TABLE hidden.secrets (id int PRIMARY KEY, value text);
 GRANT USAGE ON SCHEMA hidden TO service_role;
@@ -1333,3 +1346,171 @@ async def test_c19_huge_limit_is_capped_by_the_row_cap(data: Data) -> None:
     )
 
     assert (response.affected, response.truncated) == (4, False)
+
+
+# Regressions from attacking DataService.
+
+
+async def test_long_values_in_errors_are_shortened_and_keep_their_reason(
+    data: Data,
+) -> None:
+    result = await refusal(
+        data.stub.Select,
+        data_pb2.SelectRequest(
+            mode=ANON, target=notes(), filter=cond("id", data_pb2.EQ, "x" * 20_000)
+        ),
+    )
+
+    assert (result.code, result.reason) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "DATA_ERROR",
+    )
+    assert len(result.message) < 1100
+
+
+async def test_columns_named_like_internal_aliases_come_back_as_rows(
+    data: Data,
+) -> None:
+    target = data_pb2.Target(table="kept")
+
+    selected = await data.stub.Select(
+        data_pb2.SelectRequest(
+            mode=ADMIN, target=target, columns=["authsvc_kept", "id"]
+        ),
+        timeout=10,
+    )
+    updated = await data.stub.Update(
+        data_pb2.UpdateRequest(
+            mode=ADMIN,
+            target=target,
+            values_json='{"authsvc_rows": "R2"}',
+            filter=cond("id", data_pb2.EQ, 1),
+            returning=data_pb2.Returning(columns=["authsvc_rows", "id"]),
+        ),
+        timeout=10,
+    )
+
+    assert json.loads(selected.rows_json) == [{"authsvc_kept": "K", "id": 1}]
+    assert json.loads(updated.rows_json) == [{"authsvc_rows": "R2", "id": 1}]
+
+
+async def test_a_column_listed_twice_is_refused(data: Data) -> None:
+    result = await refusal(
+        data.stub.Select,
+        data_pb2.SelectRequest(mode=ANON, target=notes(), columns=["body"] * 1600),
+    )
+
+    assert (result.code, result.reason) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "BAD_REQUEST",
+    )
+
+
+async def test_too_many_conditions_are_refused_before_sql(data: Data) -> None:
+    many = data_pb2.Filter(
+        any_of=data_pb2.FilterGroup(
+            filters=[cond("id", data_pb2.EQ, i) for i in range(5000)]
+        )
+    )
+
+    result = await refusal(
+        data.stub.Select, data_pb2.SelectRequest(mode=ANON, target=notes(), filter=many)
+    )
+
+    assert (result.code, result.reason) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "BAD_FILTER",
+    )
+
+
+async def test_a_very_long_deadline_is_capped_not_an_error(data: Data) -> None:
+    response = await data.stub.Call(
+        data_pb2.CallRequest(mode=ANON, function="whoami"), timeout=3_000_000
+    )
+
+    assert json.loads(response.result_json)["role"] == "anon"
+
+
+async def test_result_size_is_measured_in_bytes_in_postgres(data: Data) -> None:
+    body = "€" * 10_000  # 30,000 bytes, 10,000 characters
+    rows = json.dumps(
+        [{"owner": UID_A, "body": body, "public": True}] * 100, ensure_ascii=False
+    )
+    for _ in range(2):
+        await data.stub.Insert(
+            data_pb2.InsertRequest(mode=ADMIN, target=notes(), rows_json=rows),
+            timeout=30,
+        )
+
+    result = await refusal(
+        data.stub.Select,
+        data_pb2.SelectRequest(mode=ANON, target=notes(), columns=["body"]),
+    )
+
+    assert (result.code, result.reason) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "RESULT_TOO_LARGE",
+    )
+
+
+@pytest.mark.parametrize(
+    ("rpc", "request_fields", "code"),
+    [
+        (
+            "Insert",
+            {
+                "target": data_pb2.Target(table="computed"),
+                "rows_json": '{"doubled": 3}',
+            },
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (
+            "Upsert",
+            {
+                "target": data_pb2.Target(table="accounts"),
+                "rows_json": '[{"id": 50, "email": "x@y"}, {"id": 50, "email": "z@y"}]',
+            },
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+    ],
+    ids=["insert-into-computed-view-column", "upsert-same-row-twice"],
+)
+async def test_requests_postgres_cannot_run_as_asked_are_client_errors(
+    data: Data, rpc: str, request_fields: dict[str, Any], code: grpc.StatusCode
+) -> None:
+    request = getattr(data_pb2, f"{rpc}Request")(mode=ADMIN, **request_fields)
+
+    result = await refusal(getattr(data.stub, rpc), request)
+
+    assert (result.code, result.reason) == (code, "BAD_REQUEST")
+
+
+async def test_a_session_level_claim_left_by_an_app_function_does_not_reach_auth_jwt(
+    database: tuple[TestDatabase, PgBouncer],
+    data: Data,
+    start_server: StartServer,
+    jwks: JwksStub,
+) -> None:
+    db, _ = database
+    narrow = PgBouncer(default_pool_size=1)
+    await narrow.start()
+    try:
+        server = await start_server(jwks, DATABASE_URL=pooled(narrow, db))
+        await _wait_data_serving(server.channel)
+        stub = data_pb2_grpc.DataServiceStub(server.channel)
+        await stub.Call(
+            data_pb2.CallRequest(mode=ANON, function="set_session_claim"), timeout=10
+        )
+
+        seen = json.loads(
+            (
+                await stub.Call(
+                    data_pb2.CallRequest(mode=data.user(UID_A), function="whoami"),
+                    timeout=10,
+                )
+            ).result_json
+        )
+    finally:
+        await narrow.stop()
+
+    assert seen["claims"]["sub"] == UID_A

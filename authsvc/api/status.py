@@ -25,6 +25,9 @@ from authsvc.errors import ERROR_DOMAIN, AuthsvcError, InvalidArgument, Reason, 
 
 logger = logging.getLogger(__name__)
 
+MAX_MESSAGE_CHARS = 1000
+MAX_METADATA_VALUE_CHARS = 256
+
 _CODES: dict[Status, grpc.StatusCode] = {
     status: getattr(grpc.StatusCode, status.value) for status in Status
 }
@@ -45,8 +48,13 @@ def to_grpc_status(
     code: grpc.StatusCode, reason: str, message: str, metadata: dict[str, str]
 ) -> grpc.Status:
     """Build a rich status: code, message and one ErrorInfo detail."""
-    metadata = {_valid_utf8(k): _valid_utf8(v) for k, v in metadata.items()}
-    message = _valid_utf8(message)
+    # Trailers carry the message twice (status and details): keep them well
+    # under the 8 KiB of metadata clients accept by default.
+    metadata = {
+        _valid_utf8(k): _shortened(_valid_utf8(v), MAX_METADATA_VALUE_CHARS)
+        for k, v in metadata.items()
+    }
+    message = _shortened(_valid_utf8(message), MAX_MESSAGE_CHARS)
     info = error_details_pb2.ErrorInfo(
         reason=reason, domain=ERROR_DOMAIN, metadata=metadata
     )
@@ -116,6 +124,10 @@ def unary_errors(
         return wrapper
 
     return decorate
+
+
+def _shortened(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _valid_utf8(text: str) -> str:

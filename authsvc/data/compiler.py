@@ -30,6 +30,9 @@ from authsvc.data.schema import Column, SchemaCache, Table, quote_ident
 from authsvc.errors import InvalidArgument, Reason
 
 MAX_SHOWN_NAME_CHARS = 64
+# Well under the 32,767 bound parameters the Postgres protocol allows.
+MAX_BOUND_VALUES = 1000
+MAX_ORDER_COLUMNS = 32
 _COMPARISONS = {"eq": "=", "neq": "<>", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 _IS_VALUES = {None: "NULL", True: "TRUE", False: "FALSE"}
 _ROWS = '"authsvc_rows"'
@@ -38,9 +41,12 @@ _ROWS = '"authsvc_rows"'
 class Compiler:
     """Compiles data requests for one schema cache and row cap."""
 
-    def __init__(self, schema: SchemaCache, *, max_rows: int) -> None:
+    def __init__(
+        self, schema: SchemaCache, *, max_rows: int, max_result_bytes: int
+    ) -> None:
         self._schema = schema
         self.max_rows = max_rows
+        self.max_result_bytes = max_result_bytes
 
     async def select(self, query: Select) -> Statement:
         table = await self._table(query.target)
@@ -50,6 +56,8 @@ class Compiler:
         order = self._order(table, query)
         if query.limit < 0 or query.offset < 0:
             raise _bad_request("limit and offset must not be negative")
+        if len(query.order) > MAX_ORDER_COLUMNS:
+            raise _bad_request(f"order by at most {MAX_ORDER_COLUMNS} columns")
 
         # Only the server's row cap "truncates"; a client's own limit does not.
         capped = not query.limit or query.limit > self.max_rows
@@ -61,14 +69,19 @@ class Compiler:
             if query.count
             else ""
         )
-        sql = (
+        # `alias.*` is the whole row even when a column has the alias's name.
+        ctes = (
             f"WITH {_ROWS} AS (SELECT {columns} FROM {table.sql}{where}{order} "
             f"LIMIT {limit} OFFSET {offset}), "
-            f'"authsvc_kept" AS (SELECT * FROM {_ROWS} LIMIT {params.add(cap)}) '
-            "SELECT (SELECT coalesce(json_agg(\"authsvc_kept\"), '[]')::text "
+            f'"authsvc_kept" AS (SELECT * FROM {_ROWS} LIMIT {params.add(cap)})'
+        )
+        result = (
+            "SELECT (SELECT coalesce(json_agg(\"authsvc_kept\".*), '[]')::text "
             'FROM "authsvc_kept") AS rows_json, '
             f"(SELECT count(*) FROM {_ROWS}) AS fetched{count_sql}"
         )
+        others = ("fetched", "total") if query.count else ("fetched",)
+        sql = self._size_guarded(ctes, result, others, params)
         return Statement(
             sql, params.values, "rows", extra={"cap": cap, "capped": capped}
         )
@@ -162,13 +175,17 @@ class Compiler:
             for name in args
         )
         call = f"{function.sql}({arguments})"
-        if function.returns_set:
-            sql = f"SELECT coalesce(json_agg(r), '[]')::text FROM {call} AS r"
-        elif function.returns_type_sql == "void":
+        if function.returns_type_sql == "void":
             sql = f"SELECT {call}, 'null'"
             return Statement(sql, params.values, "call", extra={"void": True})
+        if function.returns_set:
+            result = (
+                f"SELECT coalesce(json_agg(r.*), '[]')::text AS rows_json "
+                f"FROM {call} AS r"
+            )
         else:
-            sql = f"SELECT to_json({call})::text"
+            result = f"SELECT to_json({call})::text AS rows_json"
+        sql = self._size_guarded("", result, (), params)
         return Statement(sql, params.values, "call")
 
     def _write(
@@ -185,10 +202,13 @@ class Compiler:
             raise _bad_request("max_affected must not be negative")
         if returning:
             columns = self._column_list(table, returning, default_all=False)
-            sql = (
-                f"WITH {_ROWS} AS ({body} RETURNING {columns}) "
-                f"SELECT coalesce(json_agg({_ROWS}), '[]')::text AS rows_json, "
-                f"count(*) AS fetched FROM {_ROWS}"
+            # A data-modifying WITH must stay at the top level.
+            sql = self._size_guarded(
+                f"WITH {_ROWS} AS ({body} RETURNING {columns})",
+                f"SELECT coalesce(json_agg({_ROWS}.*), '[]')::text AS rows_json, "
+                f"count(*) AS fetched FROM {_ROWS}",
+                ("fetched",),
+                params,
             )
         else:
             sql = (
@@ -201,6 +221,20 @@ class Compiler:
             "rows",
             require_affected=require_affected,
             max_affected=max_affected,
+        )
+
+    def _size_guarded(
+        self, ctes: str, result: str, others: tuple[str, ...], params: _Params
+    ) -> str:
+        """Measure the JSON in Postgres; an oversized result is never sent."""
+        limit = params.add(self.max_result_bytes)
+        rest = "".join(f", o.{name}" for name in others)
+        with_clause = f"{ctes}, " if ctes else "WITH "
+        return (
+            f'{with_clause}"authsvc_out" AS ({result}) '
+            f"SELECT CASE WHEN octet_length(o.rows_json) > {limit} THEN NULL "
+            f"ELSE o.rows_json END AS rows_json, octet_length(o.rows_json) AS size"
+            f'{rest} FROM "authsvc_out" AS o'
         )
 
     def _on_conflict(self, table: Table, query: Insert, inserted: list[Column]) -> str:
@@ -255,6 +289,8 @@ class Compiler:
     ) -> str:
         if not names and default_all:
             names = tuple(table.columns)
+        if len(set(names)) != len(names):
+            raise _bad_request("a column is listed twice")
         return ", ".join(quote_ident(self._column(table, n).name) for n in names)
 
     def _order(self, table: Table, query: Select) -> str:
@@ -352,6 +388,12 @@ class _Params:
         self._values: list[object] = []
 
     def add(self, value: object) -> str:
+        if len(self._values) >= MAX_BOUND_VALUES:
+            raise InvalidArgument(
+                Reason.BAD_FILTER,
+                f"the request needs more than {MAX_BOUND_VALUES} values; "
+                "use IN with a list instead of many conditions",
+            )
         self._values.append(value)
         return f"${len(self._values)}"
 

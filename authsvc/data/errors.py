@@ -91,6 +91,14 @@ def _from_postgres(exc: Any, *, admin: bool) -> AuthsvcError:
         return error_class(reason, message, metadata)
     if sqlstate.startswith("22"):
         return InvalidArgument(Reason.DATA_ERROR, message, metadata)
+    if sqlstate.startswith("44"):  # a view's WITH CHECK OPTION
+        return FailedPrecondition(Reason.CHECK_VIOLATION, message, metadata)
+    if sqlstate == "55000":  # e.g. an unpopulated materialized view
+        return FailedPrecondition(Reason.BAD_REQUEST, message, metadata)
+    if sqlstate.startswith(("0A", "21", "54")):
+        # Not supported for this object, a row changed twice in one upsert,
+        # or a Postgres limit: the request cannot run as asked.
+        return InvalidArgument(Reason.BAD_REQUEST, message, metadata)
     if sqlstate.startswith(_UNAVAILABLE_CLASSES):
         return Unavailable(Reason.DATABASE_UNAVAILABLE, message, metadata)
     if sqlstate.startswith(("42", "2F", "P0", "39")):

@@ -43,7 +43,9 @@ _SETUP_SQL = (
     "set_config('request.jwt.claims', $2, true), "
     "set_config('request.jwt.claim.sub', $3, true), "
     "set_config('request.jwt.claim.role', $4, true), "
-    "set_config('statement_timeout', $5, true)"
+    "set_config('statement_timeout', $5, true), "
+    # Read first by auth.jwt(): cleared, whatever a session may have set.
+    "set_config('request.jwt.claim', '', true)"
 )
 
 
@@ -75,6 +77,7 @@ class Runner:
         user_roles: frozenset[str],
         admin_enabled: bool,
         default_timeout_seconds: float,
+        max_timeout_seconds: float,
         acquire_timeout_seconds: float,
         max_result_bytes: int,
     ) -> None:
@@ -82,6 +85,7 @@ class Runner:
         self._user_roles = user_roles
         self._admin_enabled = admin_enabled
         self._default_timeout = default_timeout_seconds
+        self._max_timeout = max_timeout_seconds
         self._acquire_timeout = acquire_timeout_seconds
         self._max_result_bytes = max_result_bytes
 
@@ -113,6 +117,7 @@ class Runner:
         role = self.role_for(caller)
         claims, sub = _claims_for(caller, role)
         budget = time_remaining if time_remaining is not None else self._default_timeout
+        budget = min(budget, self._max_timeout)
         timeout_ms = str(max(MIN_STATEMENT_TIMEOUT_MS, math.floor(budget * 1000)))
 
         try:
@@ -134,12 +139,14 @@ class Runner:
 
     def _result(self, statement: Statement, row: Any) -> Result:
         if statement.kind == "call":
-            text = "null" if statement.extra.get("void") else row[0]
-            self._check_size(text)
+            if statement.extra.get("void"):
+                return Result(rows_json="null", affected=0)
+            self._check_size(row)
+            text = row["rows_json"]
             return Result(rows_json=text if text is not None else "null", affected=0)
 
+        self._check_size(row)
         rows_json = row["rows_json"]
-        self._check_size(rows_json)
         fetched = int(row["fetched"])
         cap = statement.extra.get("cap")
         truncated = (
@@ -163,8 +170,10 @@ class Runner:
         count = int(row["total"]) if "total" in row else None
         return Result(rows_json, affected, count, truncated)
 
-    def _check_size(self, text: str | None) -> None:
-        if text is not None and len(text) > self._max_result_bytes:
+    def _check_size(self, row: Any) -> None:
+        """The size Postgres measured; above the limit it sent no rows."""
+        size = row.get("size")
+        if size is not None and size > self._max_result_bytes:
             raise ResourceExhausted(
                 Reason.RESULT_TOO_LARGE,
                 f"the result is larger than {self._max_result_bytes} bytes; "

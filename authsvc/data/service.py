@@ -49,12 +49,17 @@ class Database:
         settings = self._settings
         self._pool = await create_pool(self._pool_settings)
         self.schema = SchemaCache(self._acquire, settings.db_schemas)
-        self.compiler = Compiler(self.schema, max_rows=settings.db_max_rows)
+        self.compiler = Compiler(
+            self.schema,
+            max_rows=settings.db_max_rows,
+            max_result_bytes=MAX_RESULT_BYTES,
+        )
         self.runner = Runner(
             self._pool,
             user_roles=frozenset(settings.db_user_roles),
             admin_enabled=settings.db_allow_admin,
             default_timeout_seconds=settings.db_statement_timeout_seconds,
+            max_timeout_seconds=settings.db_max_statement_timeout_seconds,
             acquire_timeout_seconds=settings.db_acquire_timeout_seconds,
             max_result_bytes=MAX_RESULT_BYTES,
         )
