@@ -125,6 +125,10 @@ def _serve(_: argparse.Namespace) -> int:
     )
     for name in Settings.unknown_variables(os.environ):
         logger.warning("unknown setting ignored name=%s (misspelled?)", name)
+    if settings.db_allow_admin:
+        logger.warning(
+            "admin mode is on: any caller that can reach the port can bypass RLS"
+        )
     asyncio.run(serve(settings))
     return 0
 

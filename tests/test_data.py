@@ -757,7 +757,6 @@ HOSTILE_COLUMNS = [
     '"',
     "bo\x00dy",
     "bódy",
-    "*",
     "id, (select value from hidden.secrets limit 1)",
     "(case when (select count(*) from hidden.secrets)>0 then id else owner end)",
     "created_at desc",
@@ -1514,3 +1513,86 @@ async def test_a_session_level_claim_left_by_an_app_function_does_not_reach_auth
         await narrow.stop()
 
     assert seen["claims"]["sub"] == UID_A
+
+
+# Findings of a new user's trial.
+
+
+async def test_star_selects_every_column_but_is_no_column_name_elsewhere(
+    data: Data,
+) -> None:
+    every = await data.stub.Select(
+        data_pb2.SelectRequest(mode=ADMIN, target=notes(), columns=["*"], limit=1),
+        timeout=10,
+    )
+    result = await refusal(
+        data.stub.Select,
+        data_pb2.SelectRequest(
+            mode=ADMIN, target=notes(), filter=cond("*", data_pb2.EQ, 1)
+        ),
+    )
+
+    assert set(json.loads(every.rows_json)[0]) == {"id", "owner", "body", "public"}
+    assert result.reason == "UNKNOWN_COLUMN"
+    assert result.metadata["column"] == "*"
+
+
+async def test_a_column_added_by_a_migration_is_found_without_a_restart(
+    data: Data,
+) -> None:
+    await data.db.execute_as_superuser(
+        "ALTER TABLE public.accounts ADD COLUMN IF NOT EXISTS nickname text"
+    )
+    await asyncio.sleep(5.2)  # the cache rereads the catalog at most every 5 s
+
+    response = await data.stub.Select(
+        data_pb2.SelectRequest(
+            mode=ADMIN, target=data_pb2.Target(table="accounts"), columns=["nickname"]
+        ),
+        timeout=10,
+    )
+
+    assert response.rows_json == "[]"
+
+
+async def test_eq_null_points_to_is(data: Data) -> None:
+    result = await refusal(
+        data.stub.Select,
+        data_pb2.SelectRequest(
+            mode=ADMIN, target=notes(), filter=cond("body", data_pb2.EQ, None)
+        ),
+    )
+
+    assert (result.reason, result.metadata["column"]) == ("BAD_FILTER", "body")
+    assert "IS" in result.message
+
+
+async def test_duplicate_keys_in_rows_are_refused(data: Data) -> None:
+    result = await refusal(
+        data.stub.Insert,
+        data_pb2.InsertRequest(
+            mode=data.user(), target=notes(), rows_json='{"body": "a", "body": "b"}'
+        ),
+    )
+
+    assert result.reason == "BAD_VALUE"
+
+
+async def test_login_role_without_supabase_role_grants_is_not_serving_and_says_why(
+    database: tuple[TestDatabase, PgBouncer],
+    start_server: StartServer,
+    jwks: JwksStub,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    db, _ = database
+    await db.execute_as_superuser(
+        "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = "
+        "'authsvc_nogrants') THEN CREATE ROLE authsvc_nogrants LOGIN; END IF; END $$"
+    )
+    dsn = db.login_dsn_direct.replace("authsvc_login@", "authsvc_nogrants@")
+    server = await start_server(jwks, DATABASE_URL=dsn)
+
+    await asyncio.sleep(0.5)
+    await _wait_data_serving(server.channel, serving=False)
+
+    assert "cannot switch to role(s) anon,authenticated" in caplog.text

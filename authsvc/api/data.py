@@ -10,11 +10,13 @@ from authsvc.data import query
 from authsvc.data.compiler import Compiler
 from authsvc.data.runner import Caller, Result, Runner
 from authsvc.data.service import Database
-from authsvc.errors import InvalidArgument, PermissionDenied, Reason
+from authsvc.errors import AuthsvcError, InvalidArgument, PermissionDenied, Reason
 from authsvc.tokens import TokenVerifier
 from authsvc.v1 import data_pb2, data_pb2_grpc
 
 SERVICE = data_pb2.DESCRIPTOR.services_by_name["DataService"]
+# Undefined table, column, function: the catalog changed under the cache.
+CATALOG_DRIFT_SQLSTATES = frozenset({"42P01", "42703", "42883"})
 SERVICE_NAME = SERVICE.full_name
 
 _OPERATORS = {
@@ -139,7 +141,7 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
         statement = await self._compiler.call(
             query.Call(request.schema, request.function, request.args_json)
         )
-        result = await self._runner.run(caller, statement, context.time_remaining())
+        result = await self._run(caller, statement, context)
         return data_pb2.CallResponse(result_json=result.rows_json)
 
     @unary_errors("ReloadSchema")
@@ -163,8 +165,17 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
         """Check the mode first, then compile and run a rows statement."""
         caller = await self._caller(request.mode)
         statement = await compile_statement()
-        result = await self._runner.run(caller, statement, context.time_remaining())
-        return _rows(result)
+        return _rows(await self._run(caller, statement, context))
+
+    async def _run(
+        self, caller: Caller, statement: query.Statement, context: Any
+    ) -> Result:
+        try:
+            return await self._runner.run(caller, statement, context.time_remaining())
+        except AuthsvcError as exc:
+            if exc.metadata.get("sqlstate") in CATALOG_DRIFT_SQLSTATES:
+                self._database.mark_schema_stale()
+            raise
 
     async def _caller(self, mode: Any) -> Caller:
         """Who the request runs as; the mode must be explicit."""

@@ -8,6 +8,7 @@ also logged with its traceback; nothing else about it reaches the client.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -102,6 +103,10 @@ def unary_errors(
                 await context.abort_with_status(error_status(exc))
                 raise AssertionError("unreachable: abort raises") from exc
             except grpc.aio.AbortError:
+                raise
+            except asyncio.CancelledError:
+                # The client gave up (deadline or cancel); nothing to send.
+                _log_access(method_name, "CANCELLED", "", started)
                 raise
             except Exception as exc:
                 error_id = uuid.uuid4().hex

@@ -10,8 +10,9 @@ built by Postgres with `json_agg`, so no row is converted in Python.
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from authsvc.data.query import (
     OPERATORS,
@@ -28,6 +29,8 @@ from authsvc.data.query import (
 )
 from authsvc.data.schema import Column, SchemaCache, Table, quote_ident
 from authsvc.errors import InvalidArgument, Reason
+
+Q = TypeVar("Q")
 
 MAX_SHOWN_NAME_CHARS = 64
 # Well under the 32,767 bound parameters the Postgres protocol allows.
@@ -49,6 +52,34 @@ class Compiler:
         self.max_result_bytes = max_result_bytes
 
     async def select(self, query: Select) -> Statement:
+        return await self._fresh(self._select, query)
+
+    async def insert(self, query: Insert) -> Statement:
+        return await self._fresh(self._insert, query)
+
+    async def update(self, query: Update) -> Statement:
+        return await self._fresh(self._update, query)
+
+    async def delete(self, query: Delete) -> Statement:
+        return await self._fresh(self._delete, query)
+
+    async def call(self, query: Call) -> Statement:
+        return await self._fresh(self._call, query)
+
+    async def _fresh(
+        self, build: Callable[[Q], Awaitable[Statement]], query: Q
+    ) -> Statement:
+        """Compile; if a column or function is unknown, reread the catalog
+        (when the refresh interval allows) and compile once more."""
+        try:
+            return await build(query)
+        except InvalidArgument as exc:
+            retry = exc.reason in (Reason.UNKNOWN_COLUMN, Reason.UNKNOWN_FUNCTION)
+            if not retry or not await self._schema.refresh_if_due():
+                raise
+        return await build(query)
+
+    async def _select(self, query: Select) -> Statement:
         table = await self._table(query.target)
         params = _Params()
         columns = self._column_list(table, query.columns, default_all=True)
@@ -86,7 +117,7 @@ class Compiler:
             sql, params.values, "rows", extra={"cap": cap, "capped": capped}
         )
 
-    async def insert(self, query: Insert) -> Statement:
+    async def _insert(self, query: Insert) -> Statement:
         table = await self._table(query.target)
         params = _Params()
         rows_text, names = _rows(query.rows_json)
@@ -102,7 +133,7 @@ class Compiler:
         body = f"INSERT INTO {table.sql} ({listed}) {source}{conflict}"
         return self._write(table, body, query.returning, params, require_affected=False)
 
-    async def update(self, query: Update) -> Statement:
+    async def _update(self, query: Update) -> Statement:
         table = await self._table(query.target)
         params = _Params()
         values = _json(query.values_json, "values_json")
@@ -125,7 +156,7 @@ class Compiler:
             max_affected=query.max_affected,
         )
 
-    async def delete(self, query: Delete) -> Statement:
+    async def _delete(self, query: Delete) -> Statement:
         table = await self._table(query.target)
         params = _Params()
         where = self._guarded_where(table, query.filter, query.all_rows, params)
@@ -139,8 +170,8 @@ class Compiler:
             max_affected=query.max_affected,
         )
 
-    async def call(self, query: Call) -> Statement:
-        schema = self._exposed_schema(query.schema)
+    async def _call(self, query: Call) -> Statement:
+        schema = self._exposed_schema(query.schema, Reason.UNKNOWN_FUNCTION)
         args = _json(query.args_json or "{}", "args_json")
         if not isinstance(args, dict):
             raise _bad_request("args_json must be a JSON object")
@@ -153,8 +184,8 @@ class Compiler:
             raise InvalidArgument(
                 Reason.UNKNOWN_FUNCTION,
                 f"no function {_shown(schema)}.{_shown(query.function)} takes the "
-                f"arguments {sorted(_shown(a) for a in args)}",
-                {"function": _shown(query.function)},
+                "arguments " + (", ".join(sorted(_shown(a) for a in args)) or "(none)"),
+                {"function": _plain(query.function)},
             )
         if len(candidates) > 1:
             raise _bad_request(
@@ -259,18 +290,20 @@ class Compiler:
             raise InvalidArgument(
                 Reason.UNKNOWN_TABLE,
                 f"no table or view {_shown(schema)}.{_shown(target.table)}",
-                {"table": _shown(target.table)},
+                {"table": _plain(target.table)},
             )
         return table
 
-    def _exposed_schema(self, schema: str) -> str:
+    def _exposed_schema(
+        self, schema: str, reason: Reason = Reason.UNKNOWN_TABLE
+    ) -> str:
         schema = schema or "public"
         if schema not in self._schema.schemas:
             raise InvalidArgument(
-                Reason.UNKNOWN_TABLE,
+                reason,
                 f"schema {_shown(schema)} is not exposed; exposed: "
                 + ", ".join(self._schema.schemas),
-                {"schema": _shown(schema)},
+                {"schema": _plain(schema)},
             )
         return schema
 
@@ -280,14 +313,14 @@ class Compiler:
             raise InvalidArgument(
                 Reason.UNKNOWN_COLUMN,
                 f"table {_shown(table.name)} has no column {_shown(name)}",
-                {"column": _shown(name)},
+                {"column": _plain(name)},
             )
         return column
 
     def _column_list(
         self, table: Table, names: tuple[str, ...], *, default_all: bool
     ) -> str:
-        if not names and default_all:
+        if default_all and names in ((), ("*",)):
             names = tuple(table.columns)
         if len(set(names)) != len(names):
             raise _bad_request("a column is listed twice")
@@ -348,6 +381,8 @@ class Compiler:
                 raise _bad_filter(column, "IS takes null, true or false")
             return f"({name} IS {_IS_VALUES[value]})"
         if op in _COMPARISONS:
+            if value is None:
+                raise _bad_filter(column, "compare with null using IS, not EQ/NEQ")
             if column.kind == "json":
                 raise _bad_filter(column, "json columns cannot be compared; use jsonb")
             converted = _convert(
@@ -423,12 +458,24 @@ def _type_kind(type_sql: str) -> str:
 
 def _json(text: str, what: str) -> Any:
     try:
-        return json.loads(text, parse_float=Decimal, parse_constant=_refuse)
+        return json.loads(
+            text,
+            parse_float=Decimal,
+            parse_constant=_refuse,
+            object_pairs_hook=_without_duplicates,
+        )
     except (ValueError, RecursionError) as exc:
         raise InvalidArgument(
             Reason.BAD_VALUE,
             f'{what} is not valid JSON: send JSON text, e.g. "42" or "\\"text\\""',
         ) from exc
+
+
+def _without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise ValueError("a key appears twice")
+    return result
 
 
 def _refuse(name: str) -> Any:
@@ -464,15 +511,20 @@ def _bad_filter(column: Column, message: str) -> InvalidArgument:
     return InvalidArgument(
         Reason.BAD_FILTER,
         f"filter on {_shown(column.name)}: {message}",
-        {"column": _shown(column.name)},
+        {"column": _plain(column.name)},
     )
 
 
-def _shown(name: str) -> str:
-    """A request-supplied name, safe to put in a message."""
+def _plain(name: str) -> str:
+    """A request-supplied name for metadata: printable and short, unquoted."""
     shown = "".join(
         ch if ch.isprintable() else "?" for ch in name[: MAX_SHOWN_NAME_CHARS + 1]
     )
     if len(shown) > MAX_SHOWN_NAME_CHARS:
         shown = shown[:MAX_SHOWN_NAME_CHARS] + "…"
-    return repr(shown)
+    return shown
+
+
+def _shown(name: str) -> str:
+    """A request-supplied name, safe to put in a message, quoted."""
+    return '"' + _plain(name) + '"'

@@ -89,6 +89,14 @@ def _from_postgres(exc: Any, *, admin: bool) -> AuthsvcError:
     if sqlstate in _BY_SQLSTATE:
         error_class, reason = _BY_SQLSTATE[sqlstate]
         return error_class(reason, message, metadata)
+    if sqlstate == "26000":
+        # A prepared statement vanished: a transaction pooler asyncpg was not
+        # told about. Retryable for the caller, a configuration fix for us.
+        logger.error(
+            "prepared statement lost: if DATABASE_URL is a transaction pooler "
+            "not on port 6543, add ?pgbouncer=true"
+        )
+        return Unavailable(Reason.DATABASE_UNAVAILABLE, message, metadata)
     if sqlstate.startswith("22"):
         return InvalidArgument(Reason.DATA_ERROR, message, metadata)
     if sqlstate.startswith("44"):  # a view's WITH CHECK OPTION

@@ -118,6 +118,7 @@ class SchemaCache:
         self._clock = clock
         self._snapshot = Snapshot()
         self._loaded_at: float | None = None
+        self._stale = False
         self._lock = asyncio.Lock()
 
     @property
@@ -125,16 +126,24 @@ class SchemaCache:
         return self._loaded_at is not None
 
     async def table(self, schema: str, name: str) -> Table | None:
+        if self._stale:
+            await self.refresh_if_due()
         found = self._snapshot.tables.get((schema, name))
-        if found is None and await self._refresh_if_due():
+        if found is None and await self.refresh_if_due():
             found = self._snapshot.tables.get((schema, name))
         return found
 
     async def functions(self, schema: str, name: str) -> list[Function]:
+        if self._stale:
+            await self.refresh_if_due()
         found = self._snapshot.functions.get((schema, name), [])
-        if not found and await self._refresh_if_due():
+        if not found and await self.refresh_if_due():
             found = self._snapshot.functions.get((schema, name), [])
         return found
+
+    def mark_stale(self) -> None:
+        """Postgres named an object the cache believes in: reread soon."""
+        self._stale = True
 
     async def refresh(self) -> tuple[int, int]:
         """Read the catalog now; return the numbers of tables and functions."""
@@ -148,7 +157,7 @@ class SchemaCache:
         functions = sum(len(f) for f in snapshot.functions.values())
         return len(snapshot.tables), functions
 
-    async def _refresh_if_due(self) -> bool:
+    async def refresh_if_due(self) -> bool:
         """Refresh unless one happened within the interval; True if it ran."""
         async with self._lock:
             if self._loaded_at is not None and (
@@ -172,6 +181,7 @@ class SchemaCache:
         )
         self._snapshot = snapshot
         self._loaded_at = self._clock()
+        self._stale = False
         logger.info(
             "schema loaded schemas=%s tables=%d functions=%d",
             ",".join(self.schemas),

@@ -15,7 +15,7 @@ from typing import Any
 from authsvc.config import Settings
 from authsvc.data.compiler import Compiler
 from authsvc.data.pool import PoolSettings, create_pool
-from authsvc.data.runner import Runner
+from authsvc.data.runner import ADMIN_ROLE, ANON_ROLE, Runner
 from authsvc.data.schema import SchemaCache
 
 logger = logging.getLogger(__name__)
@@ -23,6 +23,13 @@ logger = logging.getLogger(__name__)
 HEALTH_INTERVAL_SECONDS = 2.0
 HEALTH_TIMEOUT_SECONDS = 2.0
 POOL_MIN_SIZE = 0
+_ROLES_SQL = """
+SELECT r.name,
+       coalesce(pg_has_role(current_user, ro.oid, 'MEMBER'), false) AS member
+FROM unnest($1::text[]) AS r(name)
+LEFT JOIN pg_roles ro ON ro.rolname = r.name
+"""
+
 # Leave room under gRPC's 4 MiB message limit for the rest of the response.
 MAX_RESULT_BYTES = 4 * 1024 * 1024 - 64 * 1024
 
@@ -41,6 +48,8 @@ class Database:
             max_idle_seconds=settings.db_max_idle_seconds,
         )
         self._pool: Any = None
+        self._roles_ok = False
+        self._roles_problem: str | None = None
         self.schema: SchemaCache | None = None
         self.compiler: Compiler | None = None
         self.runner: Runner | None = None
@@ -74,6 +83,10 @@ class Database:
             self._pool.terminate()
         logger.info("pool closed")
 
+    def mark_schema_stale(self) -> None:
+        if self.schema is not None:
+            self.schema.mark_stale()
+
     async def reload_schema(self) -> tuple[int, int]:
         """Reread the catalog (admin request)."""
         if self.schema is None:
@@ -84,14 +97,45 @@ class Database:
         """Probe the database until cancelled; load the schema when it is up."""
         while True:
             healthy = await self._probe()
+            if healthy and not self._roles_ok:
+                healthy = self._roles_ok = await self._check_roles()
             if healthy and self.schema is not None and not self.schema.loaded:
                 try:
                     await self.schema.refresh()
                 except Exception as exc:  # reported as health, never raised
-                    logger.warning("schema not loaded error=%s", type(exc).__name__)
+                    logger.warning(
+                        "schema not loaded error=%s: %s", type(exc).__name__, exc
+                    )
                     healthy = False
             await report(healthy)
             await asyncio.sleep(HEALTH_INTERVAL_SECONDS)
+
+    async def _check_roles(self) -> bool:
+        """Can the login role switch to every role requests will use?"""
+        settings = self._settings
+        needed = sorted(
+            {*settings.db_user_roles, ANON_ROLE}
+            | ({ADMIN_ROLE} if settings.db_allow_admin else set())
+        )
+        try:
+            async with self._acquire() as connection:
+                rows = await connection.fetch(_ROLES_SQL, needed)
+        except Exception as exc:  # reported as health, never raised
+            logger.warning("role check failed error=%s: %s", type(exc).__name__, exc)
+            return False
+        missing = [row["name"] for row in rows if not row["member"]]
+        if missing:
+            message = ",".join(missing)
+            if message != self._roles_problem:
+                logger.error(
+                    "the DATABASE_URL user cannot switch to role(s) %s; DataService "
+                    "stays NOT_SERVING. On Supabase use the pooler URL's postgres "
+                    "user; on plain Postgres run authsvc/data/supabase_roles.sql",
+                    message,
+                )
+            self._roles_problem = message
+            return False
+        return True
 
     async def _probe(self) -> bool:
         try:
@@ -99,7 +143,7 @@ class Database:
                 async with self._pool.acquire() as connection:
                     await connection.fetchval("SELECT 1")
         except Exception as exc:  # reported as health, never raised
-            logger.warning("database unreachable error=%s", type(exc).__name__)
+            logger.warning("database unreachable error=%s: %s", type(exc).__name__, exc)
             return False
         return True
 

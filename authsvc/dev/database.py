@@ -53,6 +53,13 @@ DROP POLICY IF EXISTS notes_own ON public.notes;
 CREATE POLICY notes_own ON public.notes FOR ALL TO authenticated
   USING (owner = auth.uid()) WITH CHECK (owner = auth.uid());
 GRANT SELECT, INSERT, UPDATE, DELETE ON public.notes TO authenticated, service_role;
+-- As on Supabase, anon may query the table; with no anon policy, RLS shows it
+-- nothing.
+GRANT SELECT ON public.notes TO anon;
+CREATE OR REPLACE FUNCTION public.whoami() RETURNS jsonb LANGUAGE sql STABLE AS $$
+  SELECT jsonb_build_object('role', current_user, 'uid', auth.uid())
+$$;
+GRANT EXECUTE ON FUNCTION public.whoami() TO anon, authenticated, service_role;
 INSERT INTO public.notes (owner, body)
 SELECT * FROM (VALUES
   ('{DEV_USER_ID}'::uuid, 'a note of the dev user'),
@@ -84,7 +91,12 @@ class EmbeddedPostgres:
 
     @property
     def dsn(self) -> str:
-        return f"postgresql://{DEV_LOGIN_ROLE}@127.0.0.1:{self.port}/postgres"
+        return self._dsn(DEV_LOGIN_ROLE)
+
+    def _dsn(self, user: str) -> str:
+        # A Unix socket in the data directory only: no TCP port for other
+        # local users to reach the trust-authenticated server through.
+        return f"postgresql://{user}@/postgres?host={self.data_dir}&port={self.port}"
 
     async def start(self) -> str:
         """Initialise (first run), start, bootstrap; return authsvc's DSN."""
@@ -107,7 +119,7 @@ class EmbeddedPostgres:
         self.port = _free_port()
         self._process = await asyncio.create_subprocess_exec(
             str(bin_dir / "postgres"),
-            "-D", str(self.data_dir), "-p", str(self.port), "-h", "127.0.0.1",
+            "-D", str(self.data_dir), "-p", str(self.port), "-h", "",
             "-k", str(self.data_dir), "-c", "fsync=off",
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
@@ -116,7 +128,7 @@ class EmbeddedPostgres:
         )  # fmt: skip
         await self._wait_ready()
         await self._bootstrap()
-        logger.info("embedded postgres ready port=%d data=%s", self.port, self.data_dir)
+        logger.info("embedded postgres ready socket_dir=%s", self.data_dir)
         return self.dsn
 
     async def stop(self) -> None:
@@ -182,7 +194,7 @@ class EmbeddedPostgres:
 
     @property
     def _superuser_dsn(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        return self._dsn("postgres")
 
 
 def _bin_dir() -> Path:

@@ -16,6 +16,9 @@ from authsvc.server import AuthsvcServer, wait_for_stop_signal
 
 logger = logging.getLogger(__name__)
 
+DEV_LISTEN_ADDR = "localhost:50051"
+OTHER_USER_ID = "33333333-3333-3333-3333-333333333333"
+
 
 async def run_dev(environ: Mapping[str, str]) -> None:
     """Start the local issuer and the server; print a token and how to use it."""
@@ -28,6 +31,10 @@ async def run_dev(environ: Mapping[str, str]) -> None:
     jwks_runner, jwks_url = await serve_jwks(issuer)
     logger.info("dev jwks serving url=%s", jwks_url)
     overrides = {"AUTHSVC_ISSUER": DEV_ISSUER, "AUTHSVC_JWKS_URL": jwks_url}
+    # Dev mode may run with admin mode on: loopback only, unless asked.
+    overrides.setdefault(
+        "AUTHSVC_LISTEN_ADDR", environ.get("AUTHSVC_LISTEN_ADDR", DEV_LISTEN_ADDR)
+    )
     embedded = None
     if not environ.get("DATABASE_URL"):
         embedded = EmbeddedPostgres(issuer.directory)
@@ -69,7 +76,7 @@ def quick_start(token: str, port: int, *, demo_data: bool) -> str:
         "or with authsvc's own client:",
         f"  {bin_dir}authsvc verify --target {target} '{token}'",
         "Mint another (see --help for claims):",
-        f"  {bin_dir}authsvc token --email someone@example.com",
+        f"  {bin_dir}authsvc token --sub {OTHER_USER_ID} --email someone@example.com",
         "",
     ]
     if demo_data:
