@@ -1,12 +1,15 @@
 """Wiring: one server process, its start-up and shutdown sequences.
 
-Start-up: open the HTTP client, build the key set and verifier, bind the port
-(a failed bind is fatal), start serving with health NOT_SERVING, load the keys,
-then mark SERVING. If the keys cannot be loaded yet, a background task keeps
-trying and marks SERVING once verification is possible.
+Start-up: open the HTTP client, build the key set and verifier, open the
+database pool (no connection yet), bind the port (a failed bind is fatal),
+start serving with health NOT_SERVING, start the database probe, load the
+keys, then mark AuthService SERVING. Background tasks keep the keys fresh and
+report DataService's health as the database comes and goes; the overall
+status `""` is SERVING only when every enabled service is.
 
-Shutdown is the reverse: health NOT_SERVING, stop taking calls, let in-flight
-calls finish within the grace period, close the HTTP client.
+Shutdown is the reverse: health NOT_SERVING, stop the background tasks, stop
+taking calls, let in-flight calls finish within the grace period, close the
+pool and the HTTP client.
 
 Nothing here is process-global, so several worker processes can later share
 one port on purpose.
