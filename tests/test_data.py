@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +16,7 @@ import grpc
 import pytest
 
 from authsvc.v1 import data_pb2, data_pb2_grpc
-from tests.conftest import Keys, Refusal, StartServer
+from tests.conftest import Keys, Refusal, Running, StartServer
 from tests.support.jwks_stub import JwksStub
 from tests.support.pgbouncer import PgBouncer
 from tests.support.postgres import TestDatabase, create_test_database
@@ -166,6 +166,36 @@ async def data(
     return Data(
         db, bouncer, data_pb2_grpc.DataServiceStub(server.channel), keys, server.channel
     )
+
+
+OwnPooler = Callable[
+    ..., Awaitable[tuple[PgBouncer, Running, data_pb2_grpc.DataServiceStub]]
+]
+
+
+@pytest.fixture
+async def own_pooler(
+    database: tuple[TestDatabase, PgBouncer], start_server: StartServer, jwks: JwksStub
+) -> AsyncIterator[OwnPooler]:
+    """A private PgBouncer with a server behind it, for tests that break or
+    squeeze the pooler; stopped after the test."""
+    db, _ = database
+    started: list[PgBouncer] = []
+
+    async def start(
+        pool_size: int, **env: str
+    ) -> tuple[PgBouncer, Running, data_pb2_grpc.DataServiceStub]:
+        bouncer = PgBouncer(default_pool_size=pool_size)
+        await bouncer.start()
+        started.append(bouncer)
+        server = await start_server(jwks, DATABASE_URL=pooled(bouncer, db), **env)
+        await _wait_data_serving(server.channel)
+        return bouncer, server, data_pb2_grpc.DataServiceStub(server.channel)
+
+    yield start
+
+    for bouncer in started:
+        await bouncer.stop()
 
 
 async def _wait_data_serving(channel: grpc.aio.Channel, serving: bool = True) -> None:
@@ -904,50 +934,38 @@ async def test_c26_write_then_timeout_in_one_transaction_is_rolled_back(
 
 
 async def test_nothing_leaks_between_requests_on_one_server_connection(
-    database: tuple[TestDatabase, PgBouncer],
-    data: Data,
-    start_server: StartServer,
-    jwks: JwksStub,
+    data: Data, own_pooler: OwnPooler
 ) -> None:
     """A pooler squeezed to one server connection, interleaved modes and errors."""
-    db, _ = database
-    narrow = PgBouncer(default_pool_size=1)
-    await narrow.start()
-    try:
-        server = await start_server(
-            jwks,
-            DATABASE_URL=pooled(narrow, db),
-            AUTHSVC_DB_ALLOW_ADMIN="true",
-            AUTHSVC_DB_POOL_MAX="8",
-            # 1,250 calls queue for one server connection: wait, do not shed.
-            AUTHSVC_DB_ACQUIRE_TIMEOUT_SECONDS="120",
+    _, _, stub = await own_pooler(
+        1,
+        AUTHSVC_DB_ALLOW_ADMIN="true",
+        AUTHSVC_DB_POOL_MAX="8",
+        # 1,250 calls queue for one server connection: wait, do not shed.
+        AUTHSVC_DB_ACQUIRE_TIMEOUT_SECONDS="120",
+    )
+
+    async def whoami(mode: data_pb2.Mode) -> dict[str, Any]:
+        response = await stub.Call(
+            data_pb2.CallRequest(mode=mode, function="whoami"), timeout=30
         )
-        await _wait_data_serving(server.channel)
-        stub = data_pb2_grpc.DataServiceStub(server.channel)
+        return json.loads(response.result_json)
 
-        async def whoami(mode: data_pb2.Mode) -> dict[str, Any]:
-            response = await stub.Call(
-                data_pb2.CallRequest(mode=mode, function="whoami"), timeout=30
-            )
-            return json.loads(response.result_json)
-
-        async def failing() -> str:
-            result = await refusal(
-                stub.Select,
-                data_pb2.SelectRequest(
-                    mode=data.user(UID_B),
-                    target=notes(),
-                    filter=cond("owner", data_pb2.EQ, "bad"),
-                ),
-            )
-            return result.reason
-
-        modes = [ADMIN, data.user(UID_A), ANON, data.user(UID_B)] * 250
-        results = await asyncio.gather(
-            *(whoami(m) for m in modes), *(failing() for _ in range(250))
+    async def failing() -> str:
+        result = await refusal(
+            stub.Select,
+            data_pb2.SelectRequest(
+                mode=data.user(UID_B),
+                target=notes(),
+                filter=cond("owner", data_pb2.EQ, "bad"),
+            ),
         )
-    finally:
-        await narrow.stop()
+        return result.reason
+
+    modes = [ADMIN, data.user(UID_A), ANON, data.user(UID_B)] * 250
+    results = await asyncio.gather(
+        *(whoami(m) for m in modes), *(failing() for _ in range(250))
+    )
 
     seen = results[: len(modes)]
     expected = [
@@ -1003,83 +1021,53 @@ async def test_c12_burst_of_mixed_queries_through_pgbouncer_has_no_prepared_stat
 
 
 async def test_data_health_follows_the_pooler_while_auth_stays_serving(
-    database: tuple[TestDatabase, PgBouncer],
-    start_server: StartServer,
-    jwks: JwksStub,
-    keys: Keys,
+    data: Data, own_pooler: OwnPooler, keys: Keys
 ) -> None:
     from grpc_health.v1 import health_pb2
 
-    db, _ = database
-    bouncer = PgBouncer(default_pool_size=2)
+    bouncer, server, stub = await own_pooler(2, AUTHSVC_DB_ALLOW_ADMIN="true")
+
+    await bouncer.stop()
+    await _wait_data_serving(server.channel, serving=False)
+    overall = await server.health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+    auth = await server.verify(es256(keys.ec1))
     await bouncer.start()
-    try:
-        server = await start_server(
-            jwks, DATABASE_URL=pooled(bouncer, db), AUTHSVC_DB_ALLOW_ADMIN="true"
-        )
-        await _wait_data_serving(server.channel)
-
-        await bouncer.stop()
-        await _wait_data_serving(server.channel, serving=False)
-        overall = await server.health.Check(health_pb2.HealthCheckRequest(), timeout=5)
-        auth = await server.verify(es256(keys.ec1))
-
-        await bouncer.start()
-        await _wait_data_serving(server.channel)
-        stub = data_pb2_grpc.DataServiceStub(server.channel)
-        after = await stub.Select(
-            data_pb2.SelectRequest(mode=ADMIN, target=notes()), timeout=10
-        )
-    finally:
-        await bouncer.stop()
+    await _wait_data_serving(server.channel)
+    after = await stub.Select(
+        data_pb2.SelectRequest(mode=ADMIN, target=notes()), timeout=10
+    )
 
     assert overall.status == health_pb2.HealthCheckResponse.NOT_SERVING
     assert auth.sub == UID_A
-    assert after.affected >= 0
-
-
-# The remaining pooler and RLS cases (C12 restart, C14, C15, C17).
+    assert after.affected == 4
 
 
 async def test_c12_pooler_restart_costs_at_most_unavailable_then_recovers(
-    database: tuple[TestDatabase, PgBouncer],
-    data: Data,
-    start_server: StartServer,
-    jwks: JwksStub,
+    data: Data, own_pooler: OwnPooler
 ) -> None:
-    db, _ = database
-    bouncer = PgBouncer(default_pool_size=3)
-    await bouncer.start()
-    try:
-        server = await start_server(
-            jwks, DATABASE_URL=pooled(bouncer, db), AUTHSVC_DB_ALLOW_ADMIN="true"
-        )
-        await _wait_data_serving(server.channel)
-        stub = data_pb2_grpc.DataServiceStub(server.channel)
+    bouncer, _, stub = await own_pooler(3, AUTHSVC_DB_ALLOW_ADMIN="true")
 
-        async def round_of(n: int) -> list[str]:
-            async def one(i: int) -> str:
-                request = data_pb2.SelectRequest(
-                    mode=ADMIN,
-                    target=notes(),
-                    columns=["id"],
-                    filter=cond("id", data_pb2.EQ, i % 4 + 1),
-                )
-                try:
-                    response = await stub.Select(request, timeout=30)
-                except grpc.aio.AioRpcError as exc:
-                    return exc.code().name
-                ids = [r["id"] for r in json.loads(response.rows_json)]
-                return "ok" if ids == [i % 4 + 1] else "wrong-row"
+    async def round_of(n: int) -> list[str]:
+        async def one(i: int) -> str:
+            request = data_pb2.SelectRequest(
+                mode=ADMIN,
+                target=notes(),
+                columns=["id"],
+                filter=cond("id", data_pb2.EQ, i % 4 + 1),
+            )
+            try:
+                response = await stub.Select(request, timeout=30)
+            except grpc.aio.AioRpcError as exc:
+                return exc.code().name
+            ids = [r["id"] for r in json.loads(response.rows_json)]
+            return "ok" if ids == [i % 4 + 1] else "wrong-row"
 
-            return await asyncio.gather(*(one(i) for i in range(n)))
+        return await asyncio.gather(*(one(i) for i in range(n)))
 
-        first = await round_of(300)
-        await bouncer.restart()
-        during = await round_of(50)
-        after = await round_of(300)
-    finally:
-        await bouncer.stop()
+    first = await round_of(300)
+    await bouncer.restart()
+    during = await round_of(50)
+    after = await round_of(300)
 
     assert set(first) == {"ok"}
     assert set(during) <= {"ok", "UNAVAILABLE"}
@@ -1198,14 +1186,10 @@ async def test_c15_killed_backend_is_unavailable_and_the_pool_recovers(
 
 
 async def test_c17_strict_policy_never_sees_a_previous_requests_empty_setting(
-    database: tuple[TestDatabase, PgBouncer],
-    data: Data,
-    start_server: StartServer,
-    jwks: JwksStub,
+    data: Data, own_pooler: OwnPooler
 ) -> None:
     """A policy casting the setting without nullif, on one shared server connection."""
-    db, _ = database
-    await db.execute_as_superuser(
+    await data.db.execute_as_superuser(
         "CREATE TABLE IF NOT EXISTS public.strict_t (owner uuid, body text);"
         "ALTER TABLE public.strict_t ENABLE ROW LEVEL SECURITY;"
         "DROP POLICY IF EXISTS strict_own ON public.strict_t;"
@@ -1215,25 +1199,16 @@ async def test_c17_strict_policy_never_sees_a_previous_requests_empty_setting(
         "TRUNCATE public.strict_t;"
         f"INSERT INTO public.strict_t VALUES ('{UID_A}', 'a'), ('{UID_B}', 'b');"
     )
-    narrow = PgBouncer(default_pool_size=1)
-    await narrow.start()
-    try:
-        server = await start_server(jwks, DATABASE_URL=pooled(narrow, db))
-        await _wait_data_serving(server.channel)
-        stub = data_pb2_grpc.DataServiceStub(server.channel)
+    _, _, stub = await own_pooler(1)
 
-        async def bodies(mode: data_pb2.Mode) -> list[str]:
-            response = await stub.Select(
-                data_pb2.SelectRequest(
-                    mode=mode, target=data_pb2.Target(table="strict_t")
-                ),
-                timeout=10,
-            )
-            return [r["body"] for r in json.loads(response.rows_json)]
+    async def bodies(mode: data_pb2.Mode) -> list[str]:
+        response = await stub.Select(
+            data_pb2.SelectRequest(mode=mode, target=data_pb2.Target(table="strict_t")),
+            timeout=10,
+        )
+        return [r["body"] for r in json.loads(response.rows_json)]
 
-        seen = [await bodies(data.user(uid)) for uid in (UID_A, UID_B, UID_A)]
-    finally:
-        await narrow.stop()
+    seen = [await bodies(data.user(uid)) for uid in (UID_A, UID_B, UID_A)]
 
     assert seen == [["a"], ["b"], ["a"]]
 
@@ -1485,37 +1460,18 @@ async def test_requests_postgres_cannot_run_as_asked_are_client_errors(
 
 
 async def test_a_session_level_claim_left_by_an_app_function_does_not_reach_auth_jwt(
-    database: tuple[TestDatabase, PgBouncer],
-    data: Data,
-    start_server: StartServer,
-    jwks: JwksStub,
+    data: Data, own_pooler: OwnPooler
 ) -> None:
-    db, _ = database
-    narrow = PgBouncer(default_pool_size=1)
-    await narrow.start()
-    try:
-        server = await start_server(jwks, DATABASE_URL=pooled(narrow, db))
-        await _wait_data_serving(server.channel)
-        stub = data_pb2_grpc.DataServiceStub(server.channel)
-        await stub.Call(
-            data_pb2.CallRequest(mode=ANON, function="set_session_claim"), timeout=10
-        )
+    _, _, stub = await own_pooler(1)
+    await stub.Call(
+        data_pb2.CallRequest(mode=ANON, function="set_session_claim"), timeout=10
+    )
 
-        seen = json.loads(
-            (
-                await stub.Call(
-                    data_pb2.CallRequest(mode=data.user(UID_A), function="whoami"),
-                    timeout=10,
-                )
-            ).result_json
-        )
-    finally:
-        await narrow.stop()
+    response = await stub.Call(
+        data_pb2.CallRequest(mode=data.user(UID_A), function="whoami"), timeout=10
+    )
 
-    assert seen["claims"]["sub"] == UID_A
-
-
-# Findings of a new user's trial.
+    assert json.loads(response.result_json)["claims"]["sub"] == UID_A
 
 
 async def test_star_selects_every_column_but_is_no_column_name_elsewhere(
