@@ -1,4 +1,4 @@
-"""The `authsvc` command: serve, dev, token, verify."""
+"""The `authsvc` command: serve, dev, token, verify, caller-key."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from google.protobuf import json_format
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from authsvc.access import Scope
+from authsvc.access.keys import generate_key, hash_key
 from authsvc.config import ConfigError, Settings
 from authsvc.dev import dev_directory
 from authsvc.dev.issuer import (
@@ -33,6 +35,7 @@ EXIT_CONFIG = 2
 EXIT_FAILED = 1
 DEFAULT_VERIFY_TARGET = "localhost:50051"
 DEFAULT_VERIFY_TIMEOUT_SECONDS = 5.0
+CALLER_KEY_VARIABLE = "AUTHSVC_CALLER_KEY"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,6 +109,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     verify_cmd.add_argument("--target", default=DEFAULT_VERIFY_TARGET)
     verify_cmd.add_argument(
+        "--key",
+        default=os.environ.get(CALLER_KEY_VARIABLE),
+        help=f"this app's caller key (default: ${CALLER_KEY_VARIABLE})",
+    )
+    verify_cmd.add_argument(
         "--timeout",
         dest="timeout_seconds",
         type=float,
@@ -113,6 +121,20 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds to wait for the answer",
     )
     verify_cmd.set_defaults(handler=_verify)
+
+    key_cmd = commands.add_parser(
+        "caller-key",
+        help="make a new caller key and print it with the hash to configure",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    key_cmd.add_argument("--name", default="my-app", help="the caller's name")
+    key_cmd.add_argument(
+        "--scope",
+        action="append",
+        choices=[scope.value for scope in Scope],
+        help="a scope to grant (repeatable; default tokens:verify)",
+    )
+    key_cmd.set_defaults(handler=_caller_key)
     return parser
 
 
@@ -125,9 +147,10 @@ def _serve(_: argparse.Namespace) -> int:
     )
     for name in Settings.unknown_variables(os.environ):
         logger.warning("unknown setting ignored name=%s (misspelled?)", name)
-    if settings.db_allow_admin:
+    if settings.allow_unauthenticated:
         logger.warning(
-            "admin mode is on: any caller that can reach the port can bypass RLS"
+            "AUTHSVC_ALLOW_UNAUTHENTICATED is on: any app that reaches the port "
+            "can verify tokens and query as a user"
         )
     asyncio.run(serve(settings))
     return 0
@@ -191,21 +214,46 @@ def _verify(args: argparse.Namespace) -> int:
     request = auth_pb2.VerifyTokenRequest(
         token=args.token, reject_anonymous=args.reject_anonymous
     )
-    return asyncio.run(_verify_remote(args.target, request, args.timeout_seconds))
+    metadata = (("authorization", f"Bearer {args.key}"),) if args.key else ()
+    return asyncio.run(
+        _verify_remote(args.target, request, metadata, args.timeout_seconds)
+    )
 
 
-async def _verify_remote(target: str, request: Any, timeout_seconds: float) -> int:
+async def _verify_remote(
+    target: str,
+    request: Any,
+    metadata: tuple[tuple[str, str], ...],
+    timeout_seconds: float,
+) -> int:
     from authsvc.v1 import auth_pb2_grpc
 
     async with grpc.aio.insecure_channel(target) as channel:
         stub = auth_pb2_grpc.AuthServiceStub(channel)
         try:
-            response = await stub.VerifyToken(request, timeout=timeout_seconds)
+            response = await stub.VerifyToken(
+                request, metadata=metadata, timeout=timeout_seconds
+            )
         except grpc.aio.AioRpcError as exc:
             print(_describe_rpc_error(exc), file=sys.stderr)
             return EXIT_FAILED
     print(
         json_format.MessageToJson(response, indent=2, preserving_proto_field_name=True)
+    )
+    return 0
+
+
+def _caller_key(args: argparse.Namespace) -> int:
+    key = generate_key()
+    scopes = ", ".join(f'"{scope}"' for scope in args.scope or [Scope.TOKENS_VERIFY])
+    print(
+        f"# Give this key to the app (a Fly secret), never to authsvc:\n"
+        f"#   {key}\n"
+        f"# The app sends it as the metadata  authorization: Bearer <key>\n"
+        f"# Add this caller to AUTHSVC_CALLERS or AUTHSVC_CALLERS_FILE:\n"
+        f"[callers.{args.name}]\n"
+        f'key_hashes = ["{hash_key(key)}"]\n'
+        f"scopes = [{scopes}]"
     )
     return 0
 

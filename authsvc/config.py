@@ -23,6 +23,8 @@ from pydantic import (
     model_validator,
 )
 
+from authsvc.access.network import parse_networks
+
 DEFAULT_LISTEN_ADDR = "[::]:50051"
 DEFAULT_AUDIENCES = ("authenticated",)
 DEFAULT_LEEWAY_SECONDS = 30.0
@@ -44,6 +46,15 @@ DEFAULT_DB_STATEMENT_TIMEOUT_SECONDS = 10.0
 DEFAULT_DB_MAX_STATEMENT_TIMEOUT_SECONDS = 60.0
 # Postgres' statement_timeout is an int of milliseconds.
 MAX_STATEMENT_TIMEOUT_SECONDS = (2**31 - 1) / 1000
+DEFAULT_DB_MAX_CONDITIONS = 100
+DEFAULT_DB_MAX_FILTER_DEPTH = 8
+DEFAULT_DB_MAX_IN_LIST = 1000
+DEFAULT_DB_MAX_INSERT_ROWS = 1000
+DEFAULT_DB_MAX_AFFECTED = 10_000
+DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
+DEFAULT_MAX_METADATA_BYTES = 16 * 1024
+DEFAULT_CALLER_MAX_CONCURRENT = 64
+DEFAULT_CALLER_REQUESTS_PER_SECOND = 1000.0
 # Roles a token may never select, whatever the allowlist says.
 FORBIDDEN_USER_ROLES = frozenset({"service_role", "postgres", "supabase_admin"})
 
@@ -51,10 +62,12 @@ JWKS_OFF = "off"
 ISSUER_PATH = "/auth/v1"
 JWKS_PATH = "/auth/v1/.well-known/jwks.json"
 
-_SECRET_VARIABLES = frozenset({"SUPABASE_JWT_SECRET", "DATABASE_URL"})
+_SECRET_VARIABLES = frozenset(
+    {"SUPABASE_JWT_SECRET", "DATABASE_URL", "AUTHSVC_CALLERS"}
+)
 OUR_PREFIX = "AUTHSVC_"
 # Variables read by other parts of the command, not by Settings.
-OTHER_KNOWN_VARIABLES = frozenset({"AUTHSVC_DEV_DIR"})
+OTHER_KNOWN_VARIABLES = frozenset({"AUTHSVC_DEV_DIR", "AUTHSVC_CALLER_KEY"})
 # Hosts reached over a private or local network, where plain http is acceptable:
 # loopback, and Fly's private names (6PN is encrypted by WireGuard).
 _PRIVATE_HOST_SUFFIXES = (".localhost", ".internal", ".flycast")
@@ -150,6 +163,44 @@ class Settings(BaseModel):
     )
     log_level: str = Field(default="INFO", alias="AUTHSVC_LOG_LEVEL")
 
+    callers: SecretStr | None = Field(default=None, alias="AUTHSVC_CALLERS")
+    callers_file: str | None = Field(default=None, alias="AUTHSVC_CALLERS_FILE")
+    allow_unauthenticated: bool = Field(
+        default=False, alias="AUTHSVC_ALLOW_UNAUTHENTICATED"
+    )
+    allowed_networks: tuple[str, ...] = Field(
+        default=(), alias="AUTHSVC_ALLOWED_NETWORKS"
+    )
+    reflection: bool = Field(default=True, alias="AUTHSVC_REFLECTION")
+    tls_cert_file: str | None = Field(default=None, alias="AUTHSVC_TLS_CERT_FILE")
+    tls_key_file: str | None = Field(default=None, alias="AUTHSVC_TLS_KEY_FILE")
+    tls_client_ca_file: str | None = Field(
+        default=None, alias="AUTHSVC_TLS_CLIENT_CA_FILE"
+    )
+    caller_max_concurrent: int = Field(
+        default=DEFAULT_CALLER_MAX_CONCURRENT,
+        ge=0,
+        le=100_000,
+        alias="AUTHSVC_CALLER_MAX_CONCURRENT",
+    )
+    caller_requests_per_second: float = Field(
+        default=DEFAULT_CALLER_REQUESTS_PER_SECOND,
+        ge=0,
+        alias="AUTHSVC_CALLER_REQUESTS_PER_SECOND",
+    )
+    max_request_bytes: int = Field(
+        default=DEFAULT_MAX_REQUEST_BYTES,
+        ge=64 * 1024,
+        le=64 * 1024 * 1024,
+        alias="AUTHSVC_MAX_REQUEST_BYTES",
+    )
+    max_metadata_bytes: int = Field(
+        default=DEFAULT_MAX_METADATA_BYTES,
+        ge=1024,
+        le=64 * 1024,
+        alias="AUTHSVC_MAX_METADATA_BYTES",
+    )
+
     database_url: SecretStr | None = Field(default=None, alias="DATABASE_URL")
     db_schemas: tuple[str, ...] = Field(
         default=DEFAULT_DB_SCHEMAS, alias="AUTHSVC_DB_SCHEMAS"
@@ -176,6 +227,33 @@ class Settings(BaseModel):
     )
     db_max_rows: int = Field(
         default=DEFAULT_DB_MAX_ROWS, ge=1, le=100_000, alias="AUTHSVC_DB_MAX_ROWS"
+    )
+    db_max_conditions: int = Field(
+        default=DEFAULT_DB_MAX_CONDITIONS,
+        ge=1,
+        le=10_000,
+        alias="AUTHSVC_DB_MAX_CONDITIONS",
+    )
+    db_max_filter_depth: int = Field(
+        default=DEFAULT_DB_MAX_FILTER_DEPTH,
+        ge=1,
+        le=64,
+        alias="AUTHSVC_DB_MAX_FILTER_DEPTH",
+    )
+    db_max_in_list: int = Field(
+        default=DEFAULT_DB_MAX_IN_LIST, ge=1, le=100_000, alias="AUTHSVC_DB_MAX_IN_LIST"
+    )
+    db_max_insert_rows: int = Field(
+        default=DEFAULT_DB_MAX_INSERT_ROWS,
+        ge=1,
+        le=100_000,
+        alias="AUTHSVC_DB_MAX_INSERT_ROWS",
+    )
+    db_max_affected: int = Field(
+        default=DEFAULT_DB_MAX_AFFECTED,
+        ge=1,
+        le=100_000_000,
+        alias="AUTHSVC_DB_MAX_AFFECTED",
     )
     db_statement_timeout_seconds: float = Field(
         default=DEFAULT_DB_STATEMENT_TIMEOUT_SECONDS,
@@ -207,6 +285,31 @@ class Settings(BaseModel):
                 f"must not include {', '.join(forbidden)}: a token naming it would "
                 "bypass row-level security"
             )
+        return value
+
+    @field_validator("allowed_networks", mode="before")
+    @classmethod
+    def _split_networks(cls, value: Any) -> Any:
+        return _comma_list(value)
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _check_networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        parse_networks(value)
+        return value
+
+    @field_validator(
+        "callers_file", "tls_cert_file", "tls_key_file", "tls_client_ca_file"
+    )
+    @classmethod
+    def _empty_is_none(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
+
+    @field_validator("callers")
+    @classmethod
+    def _empty_secret_is_none(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
         return value
 
     @field_validator("database_url")
@@ -281,6 +384,17 @@ class Settings(BaseModel):
                 "(https://<ref>.supabase.co), or set both AUTHSVC_ISSUER and "
                 "AUTHSVC_JWKS_URL"
             )
+        if self.callers is not None and self.callers_file is not None:
+            raise ValueError("set AUTHSVC_CALLERS or AUTHSVC_CALLERS_FILE, not both")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError(
+                "set both AUTHSVC_TLS_CERT_FILE and AUTHSVC_TLS_KEY_FILE, or neither"
+            )
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError(
+                "AUTHSVC_TLS_CLIENT_CA_FILE needs AUTHSVC_TLS_CERT_FILE and "
+                "AUTHSVC_TLS_KEY_FILE: client certificates need TLS"
+            )
         if self.jwks_url is None and self.jwt_secret is None:
             raise ValueError(
                 "AUTHSVC_JWKS_URL is 'off' and SUPABASE_JWT_SECRET is not set: "
@@ -348,6 +462,12 @@ class Settings(BaseModel):
             "database": "set" if self.database_url is not None else "not set",
             "db_schemas": ",".join(self.db_schemas),
             "db_admin": self.db_allow_admin,
+            "callers": (
+                "file" if self.callers_file else "env" if self.callers else "none"
+            ),
+            "allow_unauthenticated": self.allow_unauthenticated,
+            "allowed_networks": ",".join(self.allowed_networks) or "any",
+            "tls": "on" if self.tls_cert_file else "off",
         }
 
 

@@ -22,7 +22,8 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -31,6 +32,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from authsvc import __version__
+from authsvc.access import CallerConfigError, CallerSet, Gate
+from authsvc.access.network import parse_networks
 from authsvc.api.auth import SERVICE as AUTH_SERVICE
 from authsvc.api.auth import SERVICE_NAME as AUTH_SERVICE_NAME
 from authsvc.api.auth import AuthServicer
@@ -38,7 +41,7 @@ from authsvc.api.data import SERVICE as DATA_SERVICE
 from authsvc.api.data import SERVICE_NAME as DATA_SERVICE_NAME
 from authsvc.api.data import DataServicer
 from authsvc.api.registry import add_unary_service
-from authsvc.config import Settings
+from authsvc.config import ConfigError, Settings
 from authsvc.data.service import Database
 from authsvc.errors import KeysUnavailable
 from authsvc.tokens import KeySet, TokenVerifier
@@ -52,6 +55,7 @@ MIN_CLIENT_PING_INTERVAL_MS = 5_000
 KEY_RETRY_MIN_SECONDS = 1.0
 KEY_RETRY_MAX_SECONDS = 30.0
 HTTP_CONNECT_TIMEOUT_SECONDS = 3.0
+CALLERS_POLL_SECONDS = 1.0
 
 OVERALL_HEALTH = ""
 
@@ -60,13 +64,17 @@ class BindError(Exception):
     """The listen address could not be bound; the message says which and why."""
 
 
-def server_options() -> Sequence[tuple[str, Any]]:
+def server_options(settings: Settings) -> Sequence[tuple[str, Any]]:
     return (
         # gRPC Python enables SO_REUSEPORT by default, which lets a second
         # instance bind the same port silently. A mistake must fail loudly.
         ("grpc.so_reuseport", 0),
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", settings.max_request_bytes),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        # One limit, not a soft one that refuses some requests at random and
+        # a hard one above it (C25).
+        ("grpc.max_metadata_size", settings.max_metadata_bytes),
+        ("grpc.absolute_max_metadata_size", settings.max_metadata_bytes),
         ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
         ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
         ("grpc.keepalive_permit_without_calls", 1),
@@ -115,7 +123,15 @@ class AuthsvcServer:
         )
         self.health = health.aio.HealthServicer()
         self.database = Database(settings) if settings.database_url else None
-        self._grpc = grpc.aio.server(options=server_options())
+        self.gate = Gate(
+            load_callers(settings),
+            allow_unauthenticated=settings.allow_unauthenticated,
+            networks=parse_networks(settings.allowed_networks),
+            default_max_concurrent=settings.caller_max_concurrent,
+            default_rate=settings.caller_requests_per_second,
+        )
+        self._callers_stamp = _file_stamp(settings.callers_file)
+        self._grpc = grpc.aio.server(options=server_options(settings))
         self._serving: dict[str, bool] = {AUTH_SERVICE_NAME: False}
         if self.database is not None:
             self._serving[DATA_SERVICE_NAME] = False
@@ -123,17 +139,23 @@ class AuthsvcServer:
 
     async def start(self) -> int:
         """Bind, serve, load keys, mark health; return the bound port."""
-        add_unary_service(self._grpc, AuthServicer(self.verifier), AUTH_SERVICE)
+        add_unary_service(
+            self._grpc, AuthServicer(self.verifier), AUTH_SERVICE, self.gate
+        )
         if self.database is not None:
             await self.database.open()
             add_unary_service(
-                self._grpc, DataServicer(self.verifier, self.database), DATA_SERVICE
+                self._grpc,
+                DataServicer(self.verifier, self.database),
+                DATA_SERVICE,
+                self.gate,
             )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
-        reflection.enable_server_reflection(
-            (*self._serving, health.SERVICE_NAME, reflection.SERVICE_NAME),
-            self._grpc,
-        )
+        if self.settings.reflection:
+            reflection.enable_server_reflection(
+                (*self._serving, health.SERVICE_NAME, reflection.SERVICE_NAME),
+                self._grpc,
+            )
         await self._publish_health()
 
         self.port = self._bind(self.settings.listen_addr)
@@ -149,6 +171,8 @@ class AuthsvcServer:
             self._background.append(
                 asyncio.create_task(self.database.monitor(self._set_data_serving))
             )
+        if self.settings.callers_file is not None:
+            self._background.append(asyncio.create_task(self._watch_callers_file()))
         await self._load_keys_once()
         if self.keys is not None:
             self._background.append(
@@ -183,9 +207,37 @@ class AuthsvcServer:
         await self._http.aclose()
         logger.info("stopped")
 
+    def reload_callers(self) -> bool:
+        """Reread the callers file; on any problem keep the current callers."""
+        if self.settings.callers_file is None:
+            logger.warning(
+                "callers not reloaded: they come from AUTHSVC_CALLERS, which a "
+                "running process cannot reread (use AUTHSVC_CALLERS_FILE)"
+            )
+            return False
+        self._callers_stamp = _file_stamp(self.settings.callers_file)
+        try:
+            callers = load_callers(self.settings)
+        except ConfigError as exc:
+            logger.error("callers not reloaded; keeping the current ones: %s", exc)
+            return False
+        self.gate.replace(callers)
+        logger.info("callers reloaded callers=%d", len(callers))
+        return True
+
+    async def _watch_callers_file(self) -> None:
+        while True:
+            await asyncio.sleep(CALLERS_POLL_SECONDS)
+            if _file_stamp(self.settings.callers_file) != self._callers_stamp:
+                self.reload_callers()
+
     def _bind(self, address: str) -> int:
         try:
-            port = int(self._grpc.add_insecure_port(address))
+            credentials = _server_credentials(self.settings)
+            if credentials is None:
+                port = int(self._grpc.add_insecure_port(address))
+            else:
+                port = int(self._grpc.add_secure_port(address, credentials))
         except RuntimeError as exc:
             raise BindError(
                 f"cannot listen on {address}: the address is in use or not available "
@@ -233,6 +285,73 @@ class AuthsvcServer:
         await self.health.set(OVERALL_HEALTH, _status(all(self._serving.values())))
 
 
+def load_callers(settings: Settings) -> CallerSet:
+    """The configured callers; ConfigError if they cannot be used."""
+    source = "AUTHSVC_CALLERS"
+    text = ""
+    if settings.callers_file is not None:
+        source = f"AUTHSVC_CALLERS_FILE={settings.callers_file}"
+        try:
+            with open(settings.callers_file, encoding="utf-8") as file:
+                text = file.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{source}: cannot read it ({exc})") from None
+    elif settings.callers is not None:
+        text = settings.callers.get_secret_value()
+    try:
+        callers = CallerSet.parse(text)
+    except CallerConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+    if not callers and settings.db_allow_admin and settings.database_url:
+        raise ConfigError(
+            "AUTHSVC_DB_ALLOW_ADMIN=true but no callers are configured: anyone who "
+            "reaches the port could bypass row-level security. Configure callers "
+            "(AUTHSVC_CALLERS or AUTHSVC_CALLERS_FILE; `authsvc caller-key` makes "
+            "a key) and grant data:admin to the apps that need it"
+        )
+    if not callers and not settings.allow_unauthenticated:
+        raise ConfigError(
+            "no callers are configured: set AUTHSVC_CALLERS or AUTHSVC_CALLERS_FILE "
+            "(`authsvc caller-key` makes a key and prints its hash), or set "
+            "AUTHSVC_ALLOW_UNAUTHENTICATED=true to let any app that reaches the "
+            "port verify tokens and query as a user"
+        )
+    return callers
+
+
+def _server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    try:
+        chain = Path(settings.tls_cert_file).read_bytes()
+        key = Path(settings.tls_key_file).read_bytes()
+        client_ca = (
+            Path(settings.tls_client_ca_file).read_bytes()
+            if settings.tls_client_ca_file is not None
+            else None
+        )
+    except OSError as exc:
+        raise ConfigError(f"cannot read a TLS file: {exc}") from None
+    # With a client CA, a client certificate is required: it may name the
+    # caller (tls_names), and a key can still be sent alongside.
+    return grpc.ssl_server_credentials(
+        [(key, chain)],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+
+
+def _file_stamp(path: str | None) -> tuple[int, int, int] | None:
+    if path is None:
+        return None
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return (info.st_ino, info.st_size, info.st_mtime_ns)
+
+
 def _status(serving: bool) -> Any:
     if serving:
         return health_pb2.HealthCheckResponse.SERVING
@@ -243,13 +362,16 @@ async def serve(settings: Settings) -> None:
     """Run one server until SIGTERM or SIGINT, then shut down gracefully."""
     server = AuthsvcServer(settings)
     await server.start()
-    await wait_for_stop_signal()
+    await wait_for_stop_signal(on_reload=server.reload_callers)
     await server.stop()
 
 
-async def wait_for_stop_signal() -> None:
-    """Return on the first SIGTERM/SIGINT; a second one exits at once."""
+async def wait_for_stop_signal(on_reload: Callable[[], object] | None = None) -> None:
+    """Return on the first SIGTERM/SIGINT; a second one exits at once.
+    SIGHUP calls `on_reload` (the callers file is reread)."""
     loop = asyncio.get_running_loop()
+    if on_reload is not None:
+        loop.add_signal_handler(signal.SIGHUP, on_reload)
     stopping = asyncio.Event()
 
     def on_signal(signum: int) -> None:

@@ -15,6 +15,7 @@ from grpc_status import rpc_status
 from authsvc.config import Settings
 from authsvc.server import AuthsvcServer
 from authsvc.v1 import auth_pb2, auth_pb2_grpc
+from tests.support.callers import TEST_CALLER_KEY, TEST_CALLERS, caller_channel
 from tests.support.jwks_stub import JwksStub
 from tests.support.tokens import HS_SECRET, SUPABASE_URL, EcKey, RsaKey
 
@@ -102,6 +103,7 @@ def base_environ(jwks: JwksStub | None, **overrides: str) -> dict[str, str]:
         "AUTHSVC_LISTEN_ADDR": "127.0.0.1:0",
         "AUTHSVC_SHUTDOWN_GRACE_SECONDS": "1",
         "AUTHSVC_JWKS_COOLDOWN_SECONDS": "0",
+        "AUTHSVC_CALLERS": TEST_CALLERS,
     }
     environ.update(overrides)
     return environ
@@ -116,7 +118,7 @@ async def start_server() -> AsyncIterator[StartServer]:
         server = AuthsvcServer(Settings.from_environ(base_environ(jwks, **env)))
         port = await server.start()
         target = f"127.0.0.1:{port}"
-        channel = grpc.aio.insecure_channel(target)
+        channel = caller_channel(target, TEST_CALLER_KEY)
         handle = Running(
             server=server,
             channel=channel,

@@ -1393,8 +1393,9 @@ async def test_too_many_conditions_are_refused_before_sql(data: Data) -> None:
 
     assert (result.code, result.reason) == (
         grpc.StatusCode.INVALID_ARGUMENT,
-        "BAD_FILTER",
+        "LIMIT_EXCEEDED",
     )
+    assert result.metadata == {"limit": "max_conditions", "max": "100"}
 
 
 async def test_a_very_long_deadline_is_capped_not_an_error(data: Data) -> None:

@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from authsvc.v1 import auth_pb2, auth_pb2_grpc
 from tests.conftest import Keys
+from tests.support.callers import TEST_CALLER_KEY, TEST_CALLERS, caller_channel
 from tests.support.jwks_stub import JwksStub
 from tests.support.tokens import SUPABASE_URL, UID_A, es256
 
@@ -79,6 +80,7 @@ def serve_env(jwks: JwksStub, port: int, **extra: str) -> dict[str, str]:
         "AUTHSVC_LISTEN_ADDR": f"127.0.0.1:{port}",
         "AUTHSVC_JWKS_COOLDOWN_SECONDS": "0",
         "AUTHSVC_SHUTDOWN_GRACE_SECONDS": "5",
+        "AUTHSVC_CALLERS": TEST_CALLERS,
         **extra,
     }
 
@@ -97,9 +99,9 @@ async def served(jwks: JwksStub) -> AsyncIterator[Process]:
 
 
 async def _verify(
-    target: str, token: str, timeout: float = 10
+    target: str, token: str, timeout: float = 10, key: str = TEST_CALLER_KEY
 ) -> auth_pb2.VerifyTokenResponse:
-    async with grpc.aio.insecure_channel(target) as channel:
+    async with caller_channel(target, key) as channel:
         stub = auth_pb2_grpc.AuthServiceStub(channel)
         return await stub.VerifyToken(
             auth_pb2.VerifyTokenRequest(token=token), timeout=timeout
@@ -283,7 +285,9 @@ async def test_dev_mode_prints_a_token_and_a_command_that_verifies_it(
             stdout=asyncio.subprocess.PIPE,
         )
         token = (await minted.communicate())[0].decode().strip()
-        verified = await _verify(process.target, token)
+        dev_key = re.search(r"\basvc_[\w-]+", banner)
+        assert dev_key is not None, banner
+        verified = await _verify(process.target, token, key=dev_key.group())
     finally:
         process.proc.send_signal(signal.SIGINT)
         code, _ = await process.finish()

@@ -8,18 +8,19 @@ from typing import Any
 import grpc
 import pytest
 
-from authsvc.api.status import unary_errors
+from authsvc.access import Caller, CallerSet, Gate
+from authsvc.api.auth import SERVICE
+from authsvc.api.registry import add_unary_service
 from authsvc.errors import AuthsvcError, Reason, Status, Unavailable
 from authsvc.v1 import auth_pb2, auth_pb2_grpc
 from tests.conftest import Refusal
 
 
-class _FailingServicer(auth_pb2_grpc.AuthServiceServicer):
+class _FailingServicer:
     """Raises whatever the request's token names, to exercise the boundary."""
 
-    @unary_errors("VerifyToken")
     async def VerifyToken(
-        self, request: auth_pb2.VerifyTokenRequest, context: Any
+        self, request: auth_pb2.VerifyTokenRequest, context: Any, caller: Caller
     ) -> auth_pb2.VerifyTokenResponse:
         if request.token == "bug":
             raise RuntimeError("database password is hunter2")
@@ -29,7 +30,14 @@ class _FailingServicer(auth_pb2_grpc.AuthServiceServicer):
 @pytest.fixture
 async def stub() -> AsyncIterator[auth_pb2_grpc.AuthServiceStub]:
     server = grpc.aio.server()
-    auth_pb2_grpc.add_AuthServiceServicer_to_server(_FailingServicer(), server)
+    gate = Gate(
+        CallerSet([]),
+        allow_unauthenticated=True,
+        networks=(),
+        default_max_concurrent=0,
+        default_rate=0,
+    )
+    add_unary_service(server, _FailingServicer(), SERVICE, gate)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:

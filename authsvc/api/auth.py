@@ -6,24 +6,27 @@ from typing import Any
 
 import grpc
 
-from authsvc.api.status import unary_errors
+from authsvc.access import Caller, Scope
 from authsvc.tokens import TokenVerifier, VerifiedToken
-from authsvc.v1 import auth_pb2, auth_pb2_grpc
+from authsvc.v1 import auth_pb2
 
 SERVICE = auth_pb2.DESCRIPTOR.services_by_name["AuthService"]
 SERVICE_NAME = SERVICE.full_name
 
 
-class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
+class AuthServicer:
+    """AuthService's methods, registered by `api.registry` behind the gate."""
+
     def __init__(self, verifier: TokenVerifier) -> None:
         self._verifier = verifier
 
-    @unary_errors("VerifyToken")
     async def VerifyToken(
         self,
         request: auth_pb2.VerifyTokenRequest,
         context: grpc.aio.ServicerContext[Any, Any],
+        caller: Caller,
     ) -> auth_pb2.VerifyTokenResponse:
+        caller.require(Scope.TOKENS_VERIFY)
         verified = await self._verifier.verify(
             request.token, reject_anonymous=request.reject_anonymous
         )

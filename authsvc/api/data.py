@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-from authsvc.api.status import unary_errors
+from authsvc.access import Caller, Scope
+from authsvc.access.scopes import DEFAULT_SCHEMA
 from authsvc.data import query
 from authsvc.data.compiler import Compiler
-from authsvc.data.runner import Caller, Result, Runner
+from authsvc.data.runner import Result, RunAs, Runner
 from authsvc.data.service import Database
 from authsvc.errors import AuthsvcError, InvalidArgument, PermissionDenied, Reason
 from authsvc.tokens import TokenVerifier
-from authsvc.v1 import data_pb2, data_pb2_grpc
+from authsvc.v1 import data_pb2
 
 SERVICE = data_pb2.DESCRIPTOR.services_by_name["DataService"]
 # Undefined table, column, function: the catalog changed under the cache.
@@ -40,7 +40,15 @@ _NULLS = {
 }
 
 
-class DataServicer(data_pb2_grpc.DataServiceServicer):
+class DataServicer:
+    """DataService's methods, registered by `api.registry` behind the gate.
+
+    Each method first decides who the statement runs as and checks that the
+    caller's scopes allow it (data:read or data:write as a user or anon,
+    data:admin for the table or function in admin mode), before any token is
+    verified or SQL compiled.
+    """
+
     def __init__(self, verifier: TokenVerifier, database: Database) -> None:
         if database.compiler is None or database.runner is None:
             raise ValueError("open the database before serving it")
@@ -49,151 +57,158 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
         self._compiler: Compiler = database.compiler
         self._runner: Runner = database.runner
 
-    @unary_errors("Select")
-    async def Select(self, request: Any, context: Any) -> data_pb2.RowsResponse:
-        return await self._rows(
-            request,
-            context,
-            lambda: self._compiler.select(
-                query.Select(
-                    target=_target(request.target),
-                    columns=tuple(request.columns),
-                    filter=_optional_filter(request),
-                    order=tuple(
-                        query.Order(o.column, o.descending, _NULLS.get(o.nulls))
-                        for o in request.order
-                    ),
-                    limit=request.limit,
-                    offset=request.offset,
-                    count=request.count,
-                )
-            ),
+    async def Select(
+        self, request: Any, context: Any, caller: Caller
+    ) -> data_pb2.RowsResponse:
+        run_as = await self._run_as(request.mode, caller, Scope.DATA_READ, request)
+        statement = await self._compiler.select(
+            query.Select(
+                target=_target(request.target),
+                columns=tuple(request.columns),
+                filter=_optional_filter(request),
+                order=tuple(
+                    query.Order(o.column, o.descending, _NULLS.get(o.nulls))
+                    for o in request.order
+                ),
+                limit=request.limit,
+                offset=request.offset,
+                count=request.count,
+            )
         )
+        return _rows(await self._run(run_as, statement, context))
 
-    @unary_errors("Insert")
-    async def Insert(self, request: Any, context: Any) -> data_pb2.RowsResponse:
-        return await self._rows(
-            request,
-            context,
-            lambda: self._compiler.insert(
-                query.Insert(
-                    target=_target(request.target),
-                    rows_json=request.rows_json,
-                    returning=tuple(request.returning.columns),
-                )
-            ),
+    async def Insert(
+        self, request: Any, context: Any, caller: Caller
+    ) -> data_pb2.RowsResponse:
+        run_as = await self._run_as(request.mode, caller, Scope.DATA_WRITE, request)
+        statement = await self._compiler.insert(
+            query.Insert(
+                target=_target(request.target),
+                rows_json=request.rows_json,
+                returning=tuple(request.returning.columns),
+            )
         )
+        return _rows(await self._run(run_as, statement, context))
 
-    @unary_errors("Upsert")
-    async def Upsert(self, request: Any, context: Any) -> data_pb2.RowsResponse:
-        return await self._rows(
-            request,
-            context,
-            lambda: self._compiler.insert(
-                query.Insert(
-                    target=_target(request.target),
-                    rows_json=request.rows_json,
-                    returning=tuple(request.returning.columns),
-                    on_conflict=tuple(request.on_conflict),
-                    ignore_duplicates=request.ignore_duplicates,
-                )
-            ),
+    async def Upsert(
+        self, request: Any, context: Any, caller: Caller
+    ) -> data_pb2.RowsResponse:
+        run_as = await self._run_as(request.mode, caller, Scope.DATA_WRITE, request)
+        statement = await self._compiler.insert(
+            query.Insert(
+                target=_target(request.target),
+                rows_json=request.rows_json,
+                returning=tuple(request.returning.columns),
+                on_conflict=tuple(request.on_conflict),
+                ignore_duplicates=request.ignore_duplicates,
+            )
         )
+        return _rows(await self._run(run_as, statement, context))
 
-    @unary_errors("Update")
-    async def Update(self, request: Any, context: Any) -> data_pb2.RowsResponse:
-        return await self._rows(
-            request,
-            context,
-            lambda: self._compiler.update(
-                query.Update(
-                    target=_target(request.target),
-                    values_json=request.values_json,
-                    filter=_optional_filter(request),
-                    all_rows=request.all_rows,
-                    returning=tuple(request.returning.columns),
-                    require_affected=request.require_affected,
-                    max_affected=request.max_affected,
-                )
-            ),
+    async def Update(
+        self, request: Any, context: Any, caller: Caller
+    ) -> data_pb2.RowsResponse:
+        run_as = await self._run_as(request.mode, caller, Scope.DATA_WRITE, request)
+        statement = await self._compiler.update(
+            query.Update(
+                target=_target(request.target),
+                values_json=request.values_json,
+                filter=_optional_filter(request),
+                all_rows=request.all_rows,
+                returning=tuple(request.returning.columns),
+                require_affected=request.require_affected,
+                max_affected=request.max_affected,
+            )
         )
+        return _rows(await self._run(run_as, statement, context))
 
-    @unary_errors("Delete")
-    async def Delete(self, request: Any, context: Any) -> data_pb2.RowsResponse:
-        return await self._rows(
-            request,
-            context,
-            lambda: self._compiler.delete(
-                query.Delete(
-                    target=_target(request.target),
-                    filter=_optional_filter(request),
-                    all_rows=request.all_rows,
-                    returning=tuple(request.returning.columns),
-                    require_affected=request.require_affected,
-                    max_affected=request.max_affected,
-                )
-            ),
+    async def Delete(
+        self, request: Any, context: Any, caller: Caller
+    ) -> data_pb2.RowsResponse:
+        run_as = await self._run_as(request.mode, caller, Scope.DATA_WRITE, request)
+        statement = await self._compiler.delete(
+            query.Delete(
+                target=_target(request.target),
+                filter=_optional_filter(request),
+                all_rows=request.all_rows,
+                returning=tuple(request.returning.columns),
+                require_affected=request.require_affected,
+                max_affected=request.max_affected,
+            )
         )
+        return _rows(await self._run(run_as, statement, context))
 
-    @unary_errors("Call")
-    async def Call(self, request: Any, context: Any) -> data_pb2.CallResponse:
-        caller = await self._caller(request.mode)
+    async def Call(
+        self, request: Any, context: Any, caller: Caller
+    ) -> data_pb2.CallResponse:
+        run_as = await self._run_as(request.mode, caller, Scope.DATA_READ, request)
         statement = await self._compiler.call(
             query.Call(request.schema, request.function, request.args_json)
         )
-        result = await self._run(caller, statement, context)
+        # A VOLATILE function may write: as a user, that needs data:write.
+        if not run_as.admin and statement.extra.get("volatile", True):
+            caller.require(Scope.DATA_WRITE)
+        result = await self._run(run_as, statement, context)
         return data_pb2.CallResponse(result_json=result.rows_json)
 
-    @unary_errors("ReloadSchema")
     async def ReloadSchema(
-        self, request: Any, context: Any
+        self, request: Any, context: Any, caller: Caller
     ) -> data_pb2.ReloadSchemaResponse:
-        caller = await self._caller(request.mode)
-        if not caller.admin:
+        caller.require(Scope.DATA_ADMIN)
+        run_as = await self._run_as(request.mode, caller, Scope.DATA_ADMIN, request)
+        if not run_as.admin:
             raise PermissionDenied(
                 Reason.ADMIN_REQUIRED, "reloading the schema needs admin mode"
             )
         tables, functions = await self._database.reload_schema()
         return data_pb2.ReloadSchemaResponse(tables=tables, functions=functions)
 
-    async def _rows(
-        self,
-        request: Any,
-        context: Any,
-        compile_statement: Callable[[], Awaitable[query.Statement]],
-    ) -> data_pb2.RowsResponse:
-        """Check the mode first, then compile and run a rows statement."""
-        caller = await self._caller(request.mode)
-        statement = await compile_statement()
-        return _rows(await self._run(caller, statement, context))
-
     async def _run(
-        self, caller: Caller, statement: query.Statement, context: Any
+        self, run_as: RunAs, statement: query.Statement, context: Any
     ) -> Result:
         try:
-            return await self._runner.run(caller, statement, context.time_remaining())
+            return await self._runner.run(run_as, statement, context.time_remaining())
         except AuthsvcError as exc:
             if exc.metadata.get("sqlstate") in CATALOG_DRIFT_SQLSTATES:
                 self._database.mark_schema_stale()
             raise
 
-    async def _caller(self, mode: Any) -> Caller:
-        """Who the request runs as; the mode must be explicit."""
+    async def _run_as(
+        self, mode: Any, caller: Caller, user_scope: Scope, request: Any
+    ) -> RunAs:
+        """Who the request runs as, once the caller may; the mode must be explicit."""
         kind = mode.WhichOneof("kind")
-        if kind == "user_token":
-            token = await self._verifier.verify(mode.user_token)
-            caller = Caller("user", token)
-        elif kind in ("admin", "anon"):
-            caller = Caller(kind)
+        if kind == "admin":
+            _require_admin_for(caller, request)
+        elif kind in ("user_token", "anon"):
+            caller.require(user_scope)
         else:
             raise InvalidArgument(
                 Reason.MODE_MISSING,
                 "set mode.user_token (the end user's token), mode.anon or mode.admin; "
                 "a request without a mode is never run",
             )
+
+        if kind == "user_token":
+            run_as = RunAs("user", await self._verifier.verify(mode.user_token))
+        else:
+            run_as = RunAs(kind)
         # Refuse a disallowed role or mode before any SQL is compiled.
-        self._runner.role_for(caller)
-        return caller
+        self._runner.role_for(run_as)
+        return run_as
+
+
+def _require_admin_for(caller: Caller, request: Any) -> None:
+    """data:admin, for the request's table or function where it names one."""
+    if request.DESCRIPTOR.fields_by_name.get("target") is not None:
+        target = request.target
+        caller.require_admin_table(target.schema or DEFAULT_SCHEMA, target.table)
+    elif request.DESCRIPTOR.fields_by_name.get("function") is not None:
+        caller.require_admin_function(
+            request.schema or DEFAULT_SCHEMA, request.function
+        )
+    else:
+        caller.require(Scope.DATA_ADMIN)
 
 
 def _optional_filter(request: Any) -> query.Filter | None:

@@ -4,8 +4,8 @@ The generated `add_*Servicer_to_server` functions pass protobuf's parser to
 gRPC directly; when it raises (invalid UTF-8 in a string field, a truncated
 message), gRPC answers UNKNOWN with the Python exception text. Here each
 method's parser is wrapped: a message that cannot be decoded reaches the
-handler as an `UndecodableRequest`, which `unary_errors` turns into
-INVALID_ARGUMENT.
+handler as an `UndecodableRequest`, which `guarded_unary` turns into
+INVALID_ARGUMENT (after the caller is admitted).
 """
 
 from __future__ import annotations
@@ -18,24 +18,21 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError
 from google.protobuf.message_factory import GetMessageClass
 
-
-class UndecodableRequest:
-    """Stands in for a request message that could not be parsed."""
-
-    def __init__(self, problem: str) -> None:
-        self.problem = problem
+from authsvc.access import Gate
+from authsvc.api.status import UndecodableRequest, guarded_unary
 
 
 def add_unary_service(
-    server: grpc.aio.Server, servicer: object, service: ServiceDescriptor
+    server: grpc.aio.Server, servicer: object, service: ServiceDescriptor, gate: Gate
 ) -> None:
-    """Register every (unary) method of `service` implemented by `servicer`."""
+    """Register every (unary) method of `service` implemented by `servicer`,
+    each behind the gate."""
     handlers = {}
     for method in service.methods:
         request_class = GetMessageClass(method.input_type)
         response_class = GetMessageClass(method.output_type)
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-            getattr(servicer, method.name),
+            guarded_unary(method.name, getattr(servicer, method.name), gate),
             request_deserializer=_tolerant(request_class.FromString),
             response_serializer=response_class.SerializeToString,
         )

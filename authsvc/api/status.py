@@ -1,5 +1,7 @@
 """The one place where our errors become gRPC statuses.
 
+Every call but health passes `guarded_unary`: the gate admits the caller
+(key, scopes are checked by the servicer, limits), then the handler runs.
 Every failure leaves as a `google.rpc.Status` with an `ErrorInfo` detail
 (domain, reason, metadata), so clients in any language can branch on the
 reason. An unexpected exception becomes INTERNAL with an error id that is
@@ -9,7 +11,6 @@ also logged with its traceback; nothing else about it reaches the client.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 import uuid
@@ -21,8 +22,9 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from authsvc.api.registry import UndecodableRequest
+from authsvc.access import Caller, Gate
 from authsvc.errors import ERROR_DOMAIN, AuthsvcError, InvalidArgument, Reason, Status
+from authsvc.ops.logging import bind_call, unbind_call
 
 logger = logging.getLogger(__name__)
 
@@ -33,11 +35,13 @@ _CODES: dict[Status, grpc.StatusCode] = {
     status: getattr(grpc.StatusCode, status.value) for status in Status
 }
 
+AUTHORIZATION = "authorization"
+
 Request = TypeVar("Request")
 Response = TypeVar("Response")
-Servicer = TypeVar("Servicer")
+# A servicer method: the request, the call's context, and who is calling.
 Handler = Callable[
-    [Servicer, Request, grpc.aio.ServicerContext[Any, Any]], Awaitable[Response]
+    [Request, grpc.aio.ServicerContext[Any, Any], Caller], Awaitable[Response]
 ]
 
 
@@ -73,62 +77,89 @@ def error_status(error: AuthsvcError) -> grpc.Status:
     )
 
 
-def unary_errors(
-    method_name: str,
-) -> Callable[
-    [Handler[Servicer, Request, Response]], Handler[Servicer, Request, Response]
-]:
-    """Wrap a unary handler: translate errors once and log one access event."""
+class UndecodableRequest:
+    """Stands in for a request message that could not be parsed."""
 
-    def decorate(
-        handler: Handler[Servicer, Request, Response],
-    ) -> Handler[Servicer, Request, Response]:
-        @functools.wraps(handler)
-        async def wrapper(
-            self: Servicer,
-            request: Request,
-            context: grpc.aio.ServicerContext[Any, Any],
-        ) -> Response:
-            started = time.perf_counter()
-            try:
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+
+
+def guarded_unary(
+    method_name: str, handler: Handler[Request, Response], gate: Gate
+) -> Callable[[Request, grpc.aio.ServicerContext[Any, Any]], Awaitable[Response]]:
+    """Wrap one unary handler: admit the caller through the gate, translate
+    errors once, and log one access event with the method and caller."""
+
+    async def call(
+        request: Request, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Response:
+        started = time.perf_counter()
+        log_context = bind_call(method=method_name, caller="-")
+        try:
+            with gate.admit(
+                authorization=_metadata_values(context, AUTHORIZATION),
+                peer=context.peer(),
+                tls_names=_tls_names(context),
+            ) as caller:
+                bind_call(method=method_name, caller=caller.name)
                 if isinstance(request, UndecodableRequest):
                     raise InvalidArgument(
                         Reason.MALFORMED_REQUEST,
                         "the request message could not be decoded "
                         f"({request.problem}); send a valid protobuf message",
                     )
-                response = await handler(self, request, context)
-            except AuthsvcError as exc:
-                _log_access(method_name, exc.status.value, exc.reason.value, started)
-                await context.abort_with_status(error_status(exc))
-                raise AssertionError("unreachable: abort raises") from exc
-            except grpc.aio.AbortError:
-                raise
-            except asyncio.CancelledError:
-                # The client gave up (deadline or cancel); nothing to send.
-                _log_access(method_name, "CANCELLED", "", started)
-                raise
-            except Exception as exc:
-                error_id = uuid.uuid4().hex
-                logger.exception(
-                    "unexpected error method=%s error_id=%s", method_name, error_id
+                response = await handler(request, context, caller)
+        except AuthsvcError as exc:
+            _log_access(exc.status.value, exc.reason.value, started)
+            await context.abort_with_status(error_status(exc))
+            raise AssertionError("unreachable: abort raises") from exc
+        except grpc.aio.AbortError:
+            raise
+        except asyncio.CancelledError:
+            # The client gave up (deadline or cancel); nothing to send.
+            _log_access("CANCELLED", "", started)
+            raise
+        except Exception as exc:
+            error_id = uuid.uuid4().hex
+            logger.exception("unexpected error error_id=%s", error_id)
+            _log_access("INTERNAL", Reason.INTERNAL.value, started)
+            await context.abort_with_status(
+                to_grpc_status(
+                    grpc.StatusCode.INTERNAL,
+                    Reason.INTERNAL.value,
+                    f"internal error; quote error id {error_id} to the operator",
+                    {"error_id": error_id},
                 )
-                _log_access(method_name, "INTERNAL", Reason.INTERNAL.value, started)
-                await context.abort_with_status(
-                    to_grpc_status(
-                        grpc.StatusCode.INTERNAL,
-                        Reason.INTERNAL.value,
-                        f"internal error; quote error id {error_id} to the operator",
-                        {"error_id": error_id},
-                    )
-                )
-                raise AssertionError("unreachable: abort raises") from exc
-            _log_access(method_name, "OK", "", started)
-            return response
+            )
+            raise AssertionError("unreachable: abort raises") from exc
+        finally:
+            unbind_call(log_context)
+        _log_access("OK", "", started)
+        return response
 
-        return wrapper
+    return call
 
-    return decorate
+
+def _metadata_values(
+    context: grpc.aio.ServicerContext[Any, Any], key: str
+) -> list[str]:
+    return [
+        value
+        for name, value in context.invocation_metadata() or ()
+        if name == key and isinstance(value, str)
+    ]
+
+
+def _tls_names(context: grpc.aio.ServicerContext[Any, Any]) -> list[str]:
+    """Names of a verified client certificate (common name, then SANs)."""
+    auth = context.auth_context()
+    if auth.get("transport_security_type") != [b"ssl"]:
+        return []
+    names = [
+        *auth.get("x509_common_name", ()),
+        *auth.get("x509_subject_alternative_name", ()),
+    ]
+    return [name.decode("utf-8", "replace") for name in names]
 
 
 def _shortened(text: str, limit: int) -> str:
@@ -140,10 +171,9 @@ def _valid_utf8(text: str) -> str:
     return text.encode("utf-8", "replace").decode("utf-8")
 
 
-def _log_access(method: str, status: str, reason: str, started: float) -> None:
+def _log_access(status: str, reason: str, started: float) -> None:
     logger.info(
-        "rpc method=%s status=%s reason=%s duration_ms=%.2f",
-        method,
+        "rpc status=%s reason=%s duration_ms=%.2f",
         status,
         reason or "-",
         (time.perf_counter() - started) * 1000,

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any, TypeVar
 
+from authsvc.data.limits import Limits, check_filter, exceeded
 from authsvc.data.query import (
     OPERATORS,
     Call,
@@ -45,9 +46,15 @@ class Compiler:
     """Compiles data requests for one schema cache and row cap."""
 
     def __init__(
-        self, schema: SchemaCache, *, max_rows: int, max_result_bytes: int
+        self,
+        schema: SchemaCache,
+        *,
+        max_rows: int,
+        max_result_bytes: int,
+        limits: Limits,
     ) -> None:
         self._schema = schema
+        self._limits = limits
         self.max_rows = max_rows
         self.max_result_bytes = max_result_bytes
 
@@ -120,7 +127,13 @@ class Compiler:
     async def _insert(self, query: Insert) -> Statement:
         table = await self._table(query.target)
         params = _Params()
-        rows_text, names = _rows(query.rows_json)
+        rows_text, names, count = _rows(query.rows_json)
+        if count > self._limits.max_insert_rows:
+            raise exceeded(
+                "max_insert_rows",
+                self._limits.max_insert_rows,
+                f"the request inserts {count} rows",
+            )
         columns = [self._column(table, name) for name in names]
         listed = ", ".join(quote_ident(c.name) for c in columns)
         source = (
@@ -208,7 +221,12 @@ class Compiler:
         call = f"{function.sql}({arguments})"
         if function.returns_type_sql == "void":
             sql = f"SELECT {call}, 'null'"
-            return Statement(sql, params.values, "call", extra={"void": True})
+            return Statement(
+                sql,
+                params.values,
+                "call",
+                extra={"void": True, "volatile": function.volatile},
+            )
         if function.returns_set:
             result = (
                 f"SELECT coalesce(json_agg(r.*), '[]')::text AS rows_json "
@@ -217,7 +235,9 @@ class Compiler:
         else:
             result = f"SELECT to_json({call})::text AS rows_json"
         sql = self._size_guarded("", result, (), params)
-        return Statement(sql, params.values, "call")
+        return Statement(
+            sql, params.values, "call", extra={"volatile": function.volatile}
+        )
 
     def _write(
         self,
@@ -231,6 +251,9 @@ class Compiler:
     ) -> Statement:
         if max_affected < 0:
             raise _bad_request("max_affected must not be negative")
+        # The server's cap applies to every write; a request may only lower it.
+        cap = self._limits.max_affected
+        max_affected = min(max_affected, cap) if max_affected else cap
         if returning:
             columns = self._column_list(table, returning, default_all=False)
             # A data-modifying WITH must stay at the top level.
@@ -352,6 +375,7 @@ class Compiler:
     def _where(self, table: Table, filter_: Filter | None, params: _Params) -> str:
         if filter_ is None:
             return ""
+        check_filter(filter_, self._limits)
         return " WHERE " + self._predicate(table, filter_, params)
 
     def _predicate(self, table: Table, node: Filter, params: _Params) -> str:
@@ -401,6 +425,12 @@ class Compiler:
         if op == "in":
             if not isinstance(value, list) or column.kind in ("array", "json", "jsonb"):
                 raise _bad_filter(column, "IN needs a JSON array and a plain column")
+            if len(value) > self._limits.max_in_list:
+                raise exceeded(
+                    "max_in_list",
+                    self._limits.max_in_list,
+                    f"the IN list for {_shown(column.name)} has {len(value)} items",
+                )
             elements = f"ARRAY(SELECT jsonb_array_elements_text({params.add(condition.value_json)}::jsonb))"
             return f"({name} = ANY({elements}::{column.type_sql}[]))"
         # contains / contained_by
@@ -457,9 +487,12 @@ def _type_kind(type_sql: str) -> str:
 
 
 def _json(text: str, what: str) -> Any:
+    # Numbers are only checked here; Postgres converts them. Decimal also takes
+    # integers past the 4,300 digits `int` refuses, which numeric columns hold.
     try:
         return json.loads(
             text,
+            parse_int=Decimal,
             parse_float=Decimal,
             parse_constant=_refuse,
             object_pairs_hook=_without_duplicates,
@@ -482,8 +515,9 @@ def _refuse(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def _rows(rows_json: str) -> tuple[str, list[str]]:
-    """The rows as a JSON array text, and the union of their keys in order."""
+def _rows(rows_json: str) -> tuple[str, list[str], int]:
+    """The rows as a JSON array text, the union of their keys in order, and
+    how many rows there are."""
     rows = _json(rows_json, "rows_json")
     if isinstance(rows, dict):
         rows, rows_json = [rows], f"[{rows_json}]"
@@ -500,7 +534,7 @@ def _rows(rows_json: str) -> tuple[str, list[str]]:
         names.update(dict.fromkeys(row))
     if not names:
         raise _bad_request("rows_json rows have no columns")
-    return rows_json, list(names)
+    return rows_json, list(names), len(rows)
 
 
 def _bad_request(message: str) -> InvalidArgument:

@@ -50,7 +50,7 @@ _SETUP_SQL = (
 
 
 @dataclass(frozen=True)
-class Caller:
+class RunAs:
     """Who a statement runs as."""
 
     kind: str  # "user", "admin" or "anon"
@@ -89,9 +89,9 @@ class Runner:
         self._acquire_timeout = acquire_timeout_seconds
         self._max_result_bytes = max_result_bytes
 
-    def role_for(self, caller: Caller) -> str:
-        """The Postgres role for a caller, or PermissionDenied."""
-        if caller.kind == "admin":
+    def role_for(self, run_as: RunAs) -> str:
+        """The Postgres role a request runs as, or PermissionDenied."""
+        if run_as.kind == "admin":
             if not self._admin_enabled:
                 raise PermissionDenied(
                     Reason.ADMIN_DISABLED,
@@ -99,10 +99,10 @@ class Runner:
                     "(the operator enables it with AUTHSVC_DB_ALLOW_ADMIN=true)",
                 )
             return ADMIN_ROLE
-        if caller.kind == "anon":
+        if run_as.kind == "anon":
             return ANON_ROLE
-        assert caller.token is not None  # noqa: S101 (user mode carries its token)
-        role = caller.token.claims.get("role")
+        assert run_as.token is not None  # noqa: S101 (user mode carries its token)
+        role = run_as.token.claims.get("role")
         if not isinstance(role, str) or role not in self._user_roles:
             raise PermissionDenied(
                 Reason.ROLE_NOT_ALLOWED,
@@ -112,10 +112,10 @@ class Runner:
         return role
 
     async def run(
-        self, caller: Caller, statement: Statement, time_remaining: float | None
+        self, run_as: RunAs, statement: Statement, time_remaining: float | None
     ) -> Result:
-        role = self.role_for(caller)
-        claims, sub = _claims_for(caller, role)
+        role = self.role_for(run_as)
+        claims, sub = _claims_for(run_as, role)
         budget = time_remaining if time_remaining is not None else self._default_timeout
         budget = min(budget, self._max_timeout)
         timeout_ms = str(max(MIN_STATEMENT_TIMEOUT_MS, math.floor(budget * 1000)))
@@ -126,7 +126,7 @@ class Runner:
                     conn, statement, (role, claims, sub, role, timeout_ms)
                 )
         except (asyncpg.PostgresError, *CONNECTION_ERRORS) as exc:
-            raise translate(exc, admin=caller.admin) from exc
+            raise translate(exc, admin=run_as.admin) from exc
 
     async def _in_transaction(
         self, conn: Any, statement: Statement, settings: tuple[str, ...]
@@ -158,8 +158,9 @@ class Runner:
         if statement.max_affected and affected > statement.max_affected:
             raise FailedPrecondition(
                 Reason.TOO_MANY_ROWS,
-                f"the write would change {affected} rows, more than max_affected="
-                f"{statement.max_affected}; nothing was changed",
+                f"the write would change {affected} rows, more than the limit of "
+                f"{statement.max_affected} (the request's max_affected or the "
+                "server's AUTHSVC_DB_MAX_AFFECTED); nothing was changed",
                 {"affected": str(affected)},
             )
         if statement.require_affected and affected == 0:
@@ -182,7 +183,7 @@ class Runner:
             )
 
 
-def _claims_for(caller: Caller, role: str) -> tuple[str, str]:
-    if caller.token is not None:
-        return json.dumps(caller.token.claims), caller.token.sub
+def _claims_for(run_as: RunAs, role: str) -> tuple[str, str]:
+    if run_as.token is not None:
+        return json.dumps(run_as.token.claims), run_as.token.sub
     return json.dumps({"role": role}), ""

@@ -60,6 +60,8 @@ class Function:
     required: frozenset[str]
     returns_set: bool
     returns_type_sql: str
+    # VOLATILE (may write); STABLE and IMMUTABLE functions cannot.
+    volatile: bool = True
 
     @property
     def sql(self) -> str:
@@ -89,7 +91,7 @@ ORDER BY n.nspname, c.relname, a.attnum
 """
 
 _FUNCTIONS_SQL = """
-SELECT n.nspname, p.proname, p.proretset,
+SELECT n.nspname, p.proname, p.proretset, p.provolatile = 'v' AS volatile,
        format_type(p.prorettype, NULL) AS returns_sql,
        p.pronargs, p.pronargdefaults,
        coalesce(p.proargnames, '{}') AS argnames,
@@ -246,6 +248,7 @@ def _functions(rows: Sequence[Any]) -> dict[tuple[str, str], list[Function]]:
                 required=required,
                 returns_set=row["proretset"],
                 returns_type_sql=row["returns_sql"],
+                volatile=row["volatile"],
             )
         )
     return functions

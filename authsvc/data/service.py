@@ -14,6 +14,7 @@ from typing import Any
 
 from authsvc.config import Settings
 from authsvc.data.compiler import Compiler
+from authsvc.data.limits import Limits
 from authsvc.data.pool import PoolSettings, create_pool
 from authsvc.data.runner import ADMIN_ROLE, ANON_ROLE, Runner
 from authsvc.data.schema import SchemaCache
@@ -62,6 +63,13 @@ class Database:
             self.schema,
             max_rows=settings.db_max_rows,
             max_result_bytes=MAX_RESULT_BYTES,
+            limits=Limits(
+                max_conditions=settings.db_max_conditions,
+                max_filter_depth=settings.db_max_filter_depth,
+                max_in_list=settings.db_max_in_list,
+                max_insert_rows=settings.db_max_insert_rows,
+                max_affected=settings.db_max_affected,
+            ),
         )
         self.runner = Runner(
             self._pool,

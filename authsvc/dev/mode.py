@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import shlex
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from authsvc.access import Scope
+from authsvc.access.keys import generate_key, hash_key
 from authsvc.config import Settings
 from authsvc.dev import dev_directory
 from authsvc.dev.database import EmbeddedPostgres, EmbeddedPostgresError
@@ -18,6 +21,8 @@ logger = logging.getLogger(__name__)
 
 DEV_LISTEN_ADDR = "localhost:50051"
 OTHER_USER_ID = "33333333-3333-3333-3333-333333333333"
+DEV_CALLER = "dev"
+CALLER_KEY_FILE = "caller-key"
 
 
 async def run_dev(environ: Mapping[str, str]) -> None:
@@ -31,6 +36,10 @@ async def run_dev(environ: Mapping[str, str]) -> None:
     jwks_runner, jwks_url = await serve_jwks(issuer)
     logger.info("dev jwks serving url=%s", jwks_url)
     overrides = {"AUTHSVC_ISSUER": DEV_ISSUER, "AUTHSVC_JWKS_URL": jwks_url}
+    caller_key = None
+    if not environ.get("AUTHSVC_CALLERS") and not environ.get("AUTHSVC_CALLERS_FILE"):
+        caller_key = dev_caller_key(issuer.directory)
+        overrides["AUTHSVC_CALLERS"] = dev_callers(caller_key)
     # Dev mode may run with admin mode on: loopback only, unless asked.
     overrides.setdefault(
         "AUTHSVC_LISTEN_ADDR", environ.get("AUTHSVC_LISTEN_ADDR", DEV_LISTEN_ADDR)
@@ -50,8 +59,11 @@ async def run_dev(environ: Mapping[str, str]) -> None:
     try:
         port = await server.start()
         token = issuer.mint(extra={"org_id": "org_demo"})
-        print(quick_start(token, port, demo_data=embedded is not None), flush=True)
-        await wait_for_stop_signal()
+        print(
+            quick_start(token, port, caller_key, demo_data=embedded is not None),
+            flush=True,
+        )
+        await wait_for_stop_signal(on_reload=server.reload_callers)
         await server.stop()
     finally:
         await jwks_runner.cleanup()
@@ -59,22 +71,55 @@ async def run_dev(environ: Mapping[str, str]) -> None:
             await embedded.stop()
 
 
-def quick_start(token: str, port: int, *, demo_data: bool) -> str:
+def dev_caller_key(directory: Path) -> str:
+    """The dev caller's key, kept beside the dev signing key across runs."""
+    path = directory / CALLER_KEY_FILE
+    if path.exists():
+        return path.read_text(encoding="utf-8").strip()
+    key = generate_key()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as file:
+        file.write(key + "\n")
+    return key
+
+
+def dev_callers(key: str) -> str:
+    """One caller, `dev`, with every scope."""
+    scopes = ", ".join(f'"{scope.value}"' for scope in Scope)
+    return (
+        f'[callers.{DEV_CALLER}]\nkey_hashes = ["{hash_key(key)}"]\n'
+        f"scopes = [{scopes}]\n"
+    )
+
+
+def quick_start(
+    token: str, port: int, caller_key: str | None, *, demo_data: bool
+) -> str:
     bin_dir = _shown_bin_dir()
     target = f"localhost:{port}"
     request = shlex.quote(f'{{"token": "{token}"}}')
-    lines = [
-        "",
-        f"authsvc dev is ready on {target} (issuer {DEV_ISSUER}).",
+    header = ""
+    key_option = ""
+    lines = ["", f"authsvc dev is ready on {target} (issuer {DEV_ISSUER})."]
+    if caller_key is not None:
+        header = f"-H 'authorization: Bearer {caller_key}' "
+        key_option = f"--key {caller_key} "
+        lines += [
+            f"Calls need a caller key; the dev caller ({DEV_CALLER}, every scope) has:",
+            "",
+            caller_key,
+            "",
+        ]
+    lines += [
         "A token for the dev user, valid for one hour:",
         "",
         token,
         "",
         "Verify it with grpcurl:",
-        f"  {bin_dir}grpcurl -plaintext -d {request} {target} "
+        f"  {bin_dir}grpcurl -plaintext {header}-d {request} {target} "
         "authsvc.v1.AuthService/VerifyToken",
         "or with authsvc's own client:",
-        f"  {bin_dir}authsvc verify --target {target} '{token}'",
+        f"  {bin_dir}authsvc verify --target {target} {key_option}'{token}'",
         "Mint another (see --help for claims):",
         f"  {bin_dir}authsvc token --sub {OTHER_USER_ID} --email someone@example.com",
         "",
@@ -86,10 +131,10 @@ def quick_start(token: str, port: int, *, demo_data: bool) -> str:
         lines += [
             "The embedded database has a table `notes` with row-level security.",
             "Every row, as admin (service role):",
-            f"  {bin_dir}grpcurl -plaintext -d {admin} {target} "
+            f"  {bin_dir}grpcurl -plaintext {header}-d {admin} {target} "
             "authsvc.v1.DataService/Select",
             "Only the dev user's rows, as the dev user (RLS applies):",
-            f"  {bin_dir}grpcurl -plaintext -d {user} {target} "
+            f"  {bin_dir}grpcurl -plaintext {header}-d {user} {target} "
             "authsvc.v1.DataService/Select",
             "",
         ]

@@ -1,0 +1,138 @@
+"""The gate every call but health passes: network, caller identity, limits.
+
+`Gate.admit` is a context manager around one call. In order it checks the
+peer against the allowlist, identifies the caller (bearer key, else client
+certificate name), and counts the call against that caller's concurrency and
+rate limits; leaving the block releases the slot. The caller set can be
+swapped while calls run (`replace`), which is how a reload takes effect.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+from authsvc.access.callers import UNAUTHENTICATED_CALLER, Caller, CallerSet
+from authsvc.access.keys import MAX_KEY_CHARS
+from authsvc.access.limits import CallerLimiter
+from authsvc.access.network import Network, allowed
+from authsvc.errors import PermissionDenied, Reason, Unauthenticated
+
+logger = logging.getLogger(__name__)
+
+BEARER = "bearer"
+JWT_START = "eyJ"
+
+
+class Gate:
+    def __init__(
+        self,
+        callers: CallerSet,
+        *,
+        allow_unauthenticated: bool,
+        networks: Sequence[Network],
+        default_max_concurrent: int,
+        default_rate: float,
+    ) -> None:
+        self._allow_unauthenticated = allow_unauthenticated
+        self._networks = tuple(networks)
+        self._default_max_concurrent = default_max_concurrent
+        self._default_rate = default_rate
+        self._limiters: dict[str, CallerLimiter] = {}
+        self.callers = callers
+        self.replace(callers)
+
+    def replace(self, callers: CallerSet) -> None:
+        """Use a new caller set from the next call on; in-flight counts carry over."""
+        limiters = {}
+        for caller in (*callers.callers, UNAUTHENTICATED_CALLER):
+            wanted = self._limits_of(caller)
+            current = self._limiters.get(caller.name)
+            if current is not None and (current.max_concurrent, current.rate) == wanted:
+                limiters[caller.name] = current
+                continue
+            limiters[caller.name] = CallerLimiter(caller.name, *wanted)
+            if current is not None:
+                limiters[caller.name].in_flight = current.in_flight
+        self._limiters = limiters
+        self.callers = callers
+
+    @contextmanager
+    def admit(
+        self, *, authorization: Sequence[str], peer: str, tls_names: Sequence[str]
+    ) -> Iterator[Caller]:
+        if self._networks and not allowed(peer, self._networks):
+            raise PermissionDenied(
+                Reason.NETWORK_NOT_ALLOWED,
+                "calls from this address are not allowed "
+                "(the operator sets AUTHSVC_ALLOWED_NETWORKS)",
+            )
+        caller = self.identify(authorization, tls_names)
+        limiter = self._limiters.get(caller.name) or CallerLimiter(
+            caller.name, *self._limits_of(caller)
+        )
+        limiter.acquire()
+        try:
+            yield caller
+        finally:
+            limiter.release()
+
+    def identify(
+        self, authorization: Sequence[str], tls_names: Sequence[str]
+    ) -> Caller:
+        """Who is calling; raise Unauthenticated with a reason the app can act on."""
+        if len(authorization) > 1:
+            raise Unauthenticated(
+                Reason.CALLER_KEY_INVALID,
+                "send one authorization header, not several",
+            )
+        if authorization:
+            caller = self.callers.by_key(_bearer_key(authorization[0]))
+            if caller is None:
+                raise Unauthenticated(
+                    Reason.CALLER_KEY_INVALID,
+                    "the caller key is not known to this server (revoked, "
+                    "mistyped, or meant for another deployment)",
+                )
+            return caller
+        if tls_names:
+            caller = self.callers.by_tls_name(tls_names)
+            if caller is not None:
+                return caller
+        if self._allow_unauthenticated:
+            return UNAUTHENTICATED_CALLER
+        raise Unauthenticated(
+            Reason.CALLER_KEY_MISSING,
+            "this call needs the calling app's key: send the metadata "
+            "'authorization: Bearer <key>' (an end user's token goes in the "
+            "request message, not here)",
+        )
+
+    def _limits_of(self, caller: Caller) -> tuple[int, float]:
+        max_concurrent = caller.max_concurrent or self._default_max_concurrent
+        rate = caller.requests_per_second
+        return max_concurrent, self._default_rate if rate is None else rate
+
+
+def _bearer_key(value: str) -> str:
+    scheme, _, key = value.strip().partition(" ")
+    key = key.strip()
+    if scheme.lower() != BEARER or not key:
+        raise Unauthenticated(
+            Reason.CALLER_KEY_INVALID,
+            "the authorization metadata must be 'Bearer <key>'",
+        )
+    if key.startswith(JWT_START):
+        raise Unauthenticated(
+            Reason.CALLER_KEY_INVALID,
+            "the authorization metadata holds a JWT; it must hold the calling "
+            "app's key (`authsvc caller-key`). Send an end user's token in the "
+            "request message",
+        )
+    if len(key) > MAX_KEY_CHARS:
+        raise Unauthenticated(
+            Reason.CALLER_KEY_INVALID,
+            f"the caller key is longer than {MAX_KEY_CHARS} characters",
+        )
+    return key
