@@ -207,7 +207,7 @@ class AuthsvcServer:
         await self._http.aclose()
         logger.info("stopped")
 
-    def reload_callers(self) -> bool:
+    def reload_callers(self, trigger: str = "SIGHUP") -> bool:
         """Reread the callers file; on any problem keep the current callers."""
         if self.settings.callers_file is None:
             logger.warning(
@@ -222,14 +222,14 @@ class AuthsvcServer:
             logger.error("callers not reloaded; keeping the current ones: %s", exc)
             return False
         self.gate.replace(callers)
-        logger.info("callers reloaded callers=%d", len(callers))
+        logger.info("callers reloaded callers=%d trigger=%s", len(callers), trigger)
         return True
 
     async def _watch_callers_file(self) -> None:
         while True:
             await asyncio.sleep(CALLERS_POLL_SECONDS)
             if _file_stamp(self.settings.callers_file) != self._callers_stamp:
-                self.reload_callers()
+                self.reload_callers("file-change")
 
     def _bind(self, address: str) -> int:
         try:

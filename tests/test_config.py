@@ -57,6 +57,30 @@ def test_overrides_and_lists_are_read() -> None:
             {"SUPABASE_URL": PROJECT, "AUTHSVC_JWKS_TTL_SECONDS": "-1"},
             "AUTHSVC_JWKS_TTL_SECONDS",
         ),
+        (
+            {"SUPABASE_URL": PROJECT, "AUTHSVC_TLS_CERT_FILE": "/c.pem"},
+            "AUTHSVC_TLS_KEY_FILE",
+        ),
+        (
+            {"SUPABASE_URL": PROJECT, "AUTHSVC_TLS_CLIENT_CA_FILE": "/ca.pem"},
+            "AUTHSVC_TLS_CERT_FILE",
+        ),
+        (
+            {
+                "SUPABASE_URL": PROJECT,
+                "AUTHSVC_CALLERS": "[callers]",
+                "AUTHSVC_CALLERS_FILE": "/callers.toml",
+            },
+            "AUTHSVC_CALLERS_FILE",
+        ),
+        (
+            {"SUPABASE_URL": PROJECT, "AUTHSVC_ALLOWED_NETWORKS": "fdaa::/16,10.0.0"},
+            "AUTHSVC_ALLOWED_NETWORKS",
+        ),
+        (
+            {"SUPABASE_URL": PROJECT, "AUTHSVC_DB_MAX_CONDITIONS": "0"},
+            "AUTHSVC_DB_MAX_CONDITIONS",
+        ),
     ],
     ids=[
         "nothing",
@@ -68,6 +92,11 @@ def test_overrides_and_lists_are_read() -> None:
         "no-host",
         "no-audience",
         "negative-ttl",
+        "tls-cert-without-key",
+        "client-ca-without-tls",
+        "callers-twice",
+        "bad-cidr",
+        "zero-conditions",
     ],
 )
 def test_unusable_configuration_is_refused_naming_the_variable(

@@ -19,7 +19,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from authsvc.v1 import auth_pb2, auth_pb2_grpc
 from tests.conftest import Keys
-from tests.support.callers import TEST_CALLER_KEY, TEST_CALLERS, caller_channel
+from tests.support.callers import (
+    TEST_CALLER_KEY,
+    TEST_CALLERS,
+    caller_channel,
+    callers_toml,
+)
 from tests.support.jwks_stub import JwksStub
 from tests.support.tokens import SUPABASE_URL, UID_A, es256
 
@@ -307,3 +312,83 @@ async def test_dev_mode_prints_a_token_and_a_command_that_verifies_it(
         "org_7",
     )
     assert code == 0
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ({"AUTHSVC_CALLERS": ""}, "no callers are configured"),
+        (
+            {
+                "AUTHSVC_CALLERS": "",
+                "AUTHSVC_ALLOW_UNAUTHENTICATED": "true",
+                "AUTHSVC_DB_ALLOW_ADMIN": "true",
+                "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",
+            },
+            "AUTHSVC_DB_ALLOW_ADMIN=true but no callers are configured",
+        ),
+        (
+            {
+                "AUTHSVC_CALLERS": '[callers.app]\nkey_hashes = ["asvc_raw"]\nscopes = []'
+            },
+            "holds a key, not its hash",
+        ),
+        (
+            {
+                "AUTHSVC_CALLERS_FILE": "/nonexistent/callers.toml",
+                "AUTHSVC_CALLERS": "",
+            },
+            "cannot read it",
+        ),
+    ],
+    ids=["no-callers", "admin-without-callers", "raw-key", "missing-file"],
+)
+async def test_caller_configuration_that_cannot_be_safe_stops_start_up(
+    jwks: JwksStub, extra: dict[str, str], expected: str
+) -> None:
+    port = free_port()
+    process = await spawn("serve", env=serve_env(jwks, port, **extra), port=port)
+
+    code, stderr = await process.finish(timeout=10)
+
+    assert code == 2
+    assert expected in stderr
+    assert "asvc_raw" not in stderr
+    assert "Traceback" not in stderr
+
+
+async def test_sighup_reloads_the_callers_file_and_logs_carry_the_caller_name(
+    jwks: JwksStub, keys: Keys, tmp_path: Path
+) -> None:
+    callers_file = tmp_path / "callers.toml"
+    callers_file.write_text(
+        callers_toml(("first-app", TEST_CALLER_KEY, ["tokens:verify"]))
+    )
+    port = free_port()
+    env = serve_env(
+        jwks, port, AUTHSVC_CALLERS="", AUTHSVC_CALLERS_FILE=str(callers_file)
+    )
+    process = await spawn("serve", env=env, port=port)
+    try:
+        await process.wait_serving()
+        await _verify(process.target, es256(keys.ec1))
+
+        # Same size and a restored mtime: only the signal can notice the change.
+        stat = callers_file.stat()
+        callers_file.write_text(
+            callers_toml(("other-app", TEST_CALLER_KEY, ["tokens:verify"]))
+        )
+        os.utime(callers_file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        process.proc.send_signal(signal.SIGHUP)
+        await asyncio.sleep(0.5)
+        await _verify(process.target, es256(keys.ec1))
+    finally:
+        process.proc.send_signal(signal.SIGTERM)
+        code, stderr = await process.finish()
+
+    access = [line for line in stderr.splitlines() if "rpc status=OK" in line]
+    assert code == 0
+    assert "callers reloaded callers=1 trigger=SIGHUP" in stderr
+    assert "method=VerifyToken caller=first-app" in access[0]
+    assert "method=VerifyToken caller=other-app" in access[1]
+    assert TEST_CALLER_KEY not in stderr

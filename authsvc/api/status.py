@@ -109,6 +109,7 @@ def guarded_unary(
                         f"({request.problem}); send a valid protobuf message",
                     )
                 response = await handler(request, context, caller)
+            _log_access("OK", "", started)
         except AuthsvcError as exc:
             _log_access(exc.status.value, exc.reason.value, started)
             await context.abort_with_status(error_status(exc))
@@ -134,7 +135,6 @@ def guarded_unary(
             raise AssertionError("unreachable: abort raises") from exc
         finally:
             unbind_call(log_context)
-        _log_access("OK", "", started)
         return response
 
     return call

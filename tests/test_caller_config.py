@@ -1,0 +1,95 @@
+"""The caller TOML: what is refused, and what a parsed caller may do."""
+
+from __future__ import annotations
+
+import pytest
+
+from authsvc.access import CallerConfigError, CallerSet, Scope
+from authsvc.access.keys import generate_key, hash_key
+from authsvc.errors import PermissionDenied
+
+KEY = generate_key()
+HASH = hash_key(KEY)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[callers.a\n", "not valid TOML"),
+        (
+            '[callers.a]\nscopes = ["tokens:verify"]\n',
+            "neither key_hashes nor tls_names",
+        ),
+        (f'[callers.a]\nkey_hashes = ["{HASH}"]\nscopes = []\n', "scopes"),
+        (f'[callers.a]\nkey_hashes = ["{HASH}"]\nscopes = ["data:all"]\n', "scopes"),
+        (
+            f'[callers.a]\nkey_hashes = ["{KEY}"]\nscopes = ["data:read"]\n',
+            "not its hash",
+        ),
+        ('[callers.a]\nkey_hashes = ["sha256:abc"]\nscopes = ["data:read"]\n', "64"),
+        (
+            f'[callers.a]\nkey_hashes = ["{HASH}"]\nscopes = ["data:read"]\n'
+            f'[callers.b]\nkey_hashes = ["{HASH}"]\nscopes = ["data:read"]\n',
+            "share a key hash",
+        ),
+        (
+            f'[callers."Bad Name"]\nkey_hashes = ["{HASH}"]\nscopes = ["data:read"]\n',
+            "caller name",
+        ),
+        (
+            f'[callers.a]\nkey_hashes = ["{HASH}"]\nscopes = ["data:read"]\nscope = 1\n',
+            "scope",
+        ),
+        (
+            f'[callers.a]\nkey_hashes = ["{HASH}"]\nscopes = ["data:read"]\n'
+            "max_concurrent = 0\n",
+            "max_concurrent",
+        ),
+    ],
+    ids=[
+        "toml",
+        "no-identity",
+        "no-scopes",
+        "unknown-scope",
+        "raw-key",
+        "short-hash",
+        "shared-hash",
+        "bad-name",
+        "unknown-field",
+        "zero-concurrency",
+    ],
+)
+def test_unusable_caller_configuration_is_refused_saying_where(
+    text: str, expected: str
+) -> None:
+    with pytest.raises(CallerConfigError) as caught:
+        CallerSet.parse(text)
+
+    assert expected in str(caught.value)
+    assert KEY not in str(caught.value)
+
+
+def test_keys_are_found_by_hash_and_narrowed_admin_covers_only_its_targets() -> None:
+    other = generate_key()
+    callers = CallerSet.parse(
+        f'[callers.reports]\nkey_hashes = ["{HASH}", "{hash_key(other)}"]\n'
+        'scopes = ["data:admin"]\nadmin_tables = ["invoices", "billing.plans"]\n'
+    )
+
+    caller = callers.by_key(KEY)
+    assert caller is not None
+    assert callers.by_key(other) is caller
+    assert callers.by_key(KEY + "x") is None
+    caller.require_admin_table("public", "invoices")
+    caller.require_admin_table("billing", "plans")
+    with pytest.raises(PermissionDenied):
+        caller.require_admin_table("public", "plans")
+    # Narrowed to tables: no function at all.
+    with pytest.raises(PermissionDenied):
+        caller.require_admin_function("public", "invoices")
+    with pytest.raises(PermissionDenied):
+        caller.require(Scope.DATA_READ)
+
+
+def test_empty_configuration_is_no_callers() -> None:
+    assert len(CallerSet.parse("")) == 0

@@ -1,0 +1,201 @@
+"""DataService's request limits, each at its edge and one past it.
+
+The server here runs with small limits so that the edges are cheap to reach;
+the defaults are the same code with larger numbers.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import grpc
+import pytest
+
+from authsvc.v1 import data_pb2, data_pb2_grpc
+from tests.conftest import Refusal, StartServer
+from tests.support.jwks_stub import JwksStub
+from tests.support.pgbouncer import PgBouncer
+from tests.support.postgres import TestDatabase
+from tests.test_data import ADMIN, _wait_data_serving, pooled
+from tests.test_data import database as database  # the module's test database
+
+LIMITS = {
+    "AUTHSVC_DB_MAX_CONDITIONS": "3",
+    "AUTHSVC_DB_MAX_FILTER_DEPTH": "2",
+    "AUTHSVC_DB_MAX_IN_LIST": "3",
+    "AUTHSVC_DB_MAX_INSERT_ROWS": "2",
+    "AUTHSVC_DB_MAX_AFFECTED": "2",
+    "AUTHSVC_DB_MAX_ROWS": "2",
+}
+ACCOUNTS = data_pb2.Target(table="accounts")
+
+
+@pytest.fixture
+async def stub(
+    database: tuple[TestDatabase, PgBouncer], start_server: StartServer, jwks: JwksStub
+) -> data_pb2_grpc.DataServiceStub:
+    db, bouncer = database
+    await db.execute_as_superuser(
+        "TRUNCATE public.accounts; INSERT INTO public.accounts (id, email) "
+        "VALUES (1, 'a@x'), (2, 'b@x'), (3, 'c@x')"
+    )
+    server = await start_server(
+        jwks, DATABASE_URL=pooled(bouncer, db), AUTHSVC_DB_ALLOW_ADMIN="true", **LIMITS
+    )
+    await _wait_data_serving(server.channel)
+    return data_pb2_grpc.DataServiceStub(server.channel)
+
+
+def _cond(op: int, value: Any) -> data_pb2.Filter:
+    return data_pb2.Filter(
+        condition=data_pb2.Condition(column="id", op=op, value_json=json.dumps(value))
+    )
+
+
+def _any(*filters: data_pb2.Filter) -> data_pb2.Filter:
+    return data_pb2.Filter(any_of=data_pb2.FilterGroup(filters=filters))
+
+
+async def _ids(stub: data_pb2_grpc.DataServiceStub, where: data_pb2.Filter) -> Any:
+    response = await stub.Select(
+        data_pb2.SelectRequest(
+            mode=ADMIN,
+            target=ACCOUNTS,
+            columns=["id"],
+            filter=where,
+            order=[data_pb2.OrderBy(column="id")],
+        ),
+        timeout=10,
+    )
+    return [row["id"] for row in json.loads(response.rows_json)]
+
+
+async def _refused(call: Any) -> Refusal:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    return Refusal.of(caught.value)
+
+
+def _limit(refusal: Refusal) -> tuple[grpc.StatusCode, str, str]:
+    return refusal.code, refusal.reason, refusal.metadata.get("limit", "")
+
+
+async def test_conditions_at_the_limit_run_and_one_more_is_refused(
+    stub: data_pb2_grpc.DataServiceStub,
+) -> None:
+    three = [_cond(data_pb2.EQ, i) for i in (1, 2, 3)]
+
+    at_edge = await _ids(stub, _any(*three))
+    past = await _refused(_ids(stub, _any(*three, _cond(data_pb2.EQ, 4))))
+
+    assert at_edge == [1, 2]  # the row cap is 2
+    assert _limit(past) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "LIMIT_EXCEEDED",
+        "max_conditions",
+    )
+    assert past.metadata["max"] == "3"
+    assert "AUTHSVC_DB_MAX_CONDITIONS" in past.message
+
+
+async def test_group_depth_at_the_limit_runs_and_one_deeper_is_refused(
+    stub: data_pb2_grpc.DataServiceStub,
+) -> None:
+    two_deep = _any(_any(_cond(data_pb2.EQ, 1)))
+
+    at_edge = await _ids(stub, two_deep)
+    past = await _refused(_ids(stub, _any(two_deep)))
+
+    assert at_edge == [1]
+    assert _limit(past)[1:] == ("LIMIT_EXCEEDED", "max_filter_depth")
+
+
+async def test_in_list_at_the_limit_runs_and_one_longer_is_refused(
+    stub: data_pb2_grpc.DataServiceStub,
+) -> None:
+    at_edge = await _ids(stub, _cond(data_pb2.IN, [3, 4, 5]))
+    past = await _refused(_ids(stub, _cond(data_pb2.IN, [3, 4, 5, 6])))
+
+    assert at_edge == [3]
+    assert _limit(past)[1:] == ("LIMIT_EXCEEDED", "max_in_list")
+
+
+async def test_insert_rows_at_the_limit_go_in_and_one_more_writes_nothing(
+    stub: data_pb2_grpc.DataServiceStub,
+) -> None:
+    def insert(*ids: int) -> Any:
+        rows = [{"id": i, "email": f"{i}@new"} for i in ids]
+        return stub.Insert(
+            data_pb2.InsertRequest(
+                mode=ADMIN, target=ACCOUNTS, rows_json=json.dumps(rows)
+            ),
+            timeout=10,
+        )
+
+    past = await _refused(insert(10, 11, 12))
+    at_edge = await insert(10, 11)
+
+    assert _limit(past)[1:] == ("LIMIT_EXCEEDED", "max_insert_rows")
+    assert at_edge.affected == 2
+    assert await _ids(stub, _cond(data_pb2.GTE, 10)) == [10, 11]
+
+
+async def test_rows_affected_at_the_cap_are_changed_one_more_changes_nothing(
+    stub: data_pb2_grpc.DataServiceStub,
+) -> None:
+    def update(where: data_pb2.Filter, max_affected: int = 0) -> Any:
+        return stub.Update(
+            data_pb2.UpdateRequest(
+                mode=ADMIN,
+                target=ACCOUNTS,
+                values_json='{"plan": "pro"}',
+                filter=where,
+                max_affected=max_affected,
+            ),
+            timeout=10,
+        )
+
+    everyone = _cond(data_pb2.GT, 0)
+    past = await _refused(update(everyone))
+    # A request cannot raise the server's cap.
+    raised = await _refused(update(everyone, max_affected=100))
+    at_edge = await update(_cond(data_pb2.IN, [1, 2]))
+
+    assert (past.code, past.reason) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "TOO_MANY_ROWS",
+    )
+    assert "AUTHSVC_DB_MAX_AFFECTED" in past.message
+    assert raised.reason == "TOO_MANY_ROWS"
+    assert at_edge.affected == 2
+    pro = await stub.Select(
+        data_pb2.SelectRequest(
+            mode=ADMIN,
+            target=ACCOUNTS,
+            columns=["id"],
+            filter=data_pb2.Filter(
+                condition=data_pb2.Condition(
+                    column="plan", op=data_pb2.EQ, value_json='"pro"'
+                )
+            ),
+        ),
+        timeout=10,
+    )
+    assert sorted(row["id"] for row in json.loads(pro.rows_json)) == [1, 2]
+
+
+async def test_rows_returned_at_the_cap_are_whole_and_past_it_are_truncated(
+    stub: data_pb2_grpc.DataServiceStub,
+) -> None:
+    def select(where: data_pb2.Filter) -> Any:
+        return stub.Select(
+            data_pb2.SelectRequest(mode=ADMIN, target=ACCOUNTS, filter=where),
+            timeout=10,
+        )
+
+    at_edge = await select(_cond(data_pb2.IN, [1, 2]))
+    past = await select(_cond(data_pb2.IN, [1, 2, 3]))
+
+    assert (len(json.loads(at_edge.rows_json)), at_edge.truncated) == (2, False)
+    assert (len(json.loads(past.rows_json)), past.truncated) == (2, True)
