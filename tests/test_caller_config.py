@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from authsvc.access import CallerConfigError, CallerSet, Scope
+from authsvc.access import CallerConfigError, CallerSet, Gate, Scope
 from authsvc.access.keys import generate_key, hash_key
-from authsvc.errors import PermissionDenied
+from authsvc.errors import PermissionDenied, ResourceExhausted
 
 KEY = generate_key()
 HASH = hash_key(KEY)
@@ -93,3 +93,31 @@ def test_keys_are_found_by_hash_and_narrowed_admin_covers_only_its_targets() -> 
 
 def test_empty_configuration_is_no_callers() -> None:
     assert len(CallerSet.parse("")) == 0
+
+
+def test_a_reload_that_changes_limits_keeps_counting_calls_in_flight() -> None:
+    def config(max_concurrent: int) -> CallerSet:
+        return CallerSet.parse(
+            f'[callers.app]\nkey_hashes = ["{HASH}"]\nscopes = ["tokens:verify"]\n'
+            f"max_concurrent = {max_concurrent}\n"
+        )
+
+    gate = Gate(
+        config(2),
+        allow_unauthenticated=False,
+        networks=(),
+        default_max_concurrent=0,
+        default_rate=0,
+    )
+    header = [f"Bearer {KEY}"]
+    admit = lambda: gate.admit(
+        authorization=header, peer="ipv4:127.0.0.1:1", tls_names=()
+    )  # noqa: E731
+
+    with admit():
+        gate.replace(config(1))
+        # The call admitted before the reload still holds the only slot.
+        with pytest.raises(ResourceExhausted), admit():
+            pass
+    with admit():
+        pass

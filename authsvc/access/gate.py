@@ -9,7 +9,6 @@ swapped while calls run (`replace`), which is how a reload takes effect.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -18,8 +17,6 @@ from authsvc.access.keys import MAX_KEY_CHARS
 from authsvc.access.limits import CallerLimiter
 from authsvc.access.network import Network, allowed
 from authsvc.errors import PermissionDenied, Reason, Unauthenticated
-
-logger = logging.getLogger(__name__)
 
 BEARER = "bearer"
 JWT_START = "eyJ"
@@ -44,17 +41,18 @@ class Gate:
         self.replace(callers)
 
     def replace(self, callers: CallerSet) -> None:
-        """Use a new caller set from the next call on; in-flight counts carry over."""
+        """Use a new caller set from the next call on; a caller keeps its
+        in-flight count (and its limiter) across the swap."""
         limiters = {}
         for caller in (*callers.callers, UNAUTHENTICATED_CALLER):
             wanted = self._limits_of(caller)
-            current = self._limiters.get(caller.name)
-            if current is not None and (current.max_concurrent, current.rate) == wanted:
-                limiters[caller.name] = current
-                continue
-            limiters[caller.name] = CallerLimiter(caller.name, *wanted)
-            if current is not None:
-                limiters[caller.name].in_flight = current.in_flight
+            limiter = self._limiters.get(caller.name)
+            if limiter is None:
+                limiter = CallerLimiter(caller.name, *wanted)
+            elif (limiter.max_concurrent, limiter.rate) != wanted:
+                # The same object: calls in flight release what they took.
+                limiter.reconfigure(*wanted)
+            limiters[caller.name] = limiter
         self._limiters = limiters
         self.callers = callers
 

@@ -45,9 +45,16 @@ class CallerLimiter:
     _bucket: _Bucket | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if self.rate > 0:
-            capacity = max(1.0, self.rate * BURST_SECONDS)
-            self._bucket = _Bucket(self.rate, capacity, capacity, time.monotonic())
+        self.reconfigure(self.max_concurrent, self.rate)
+
+    def reconfigure(self, max_concurrent: int, rate: float) -> None:
+        """New limits for the same caller; calls in flight stay counted."""
+        self.max_concurrent = max_concurrent
+        self.rate = rate
+        self._bucket = None
+        if rate > 0:
+            capacity = max(1.0, rate * BURST_SECONDS)
+            self._bucket = _Bucket(rate, capacity, capacity, time.monotonic())
 
     def acquire(self) -> None:
         """Count one call in, or raise ResourceExhausted saying which limit."""
