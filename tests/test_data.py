@@ -1553,3 +1553,32 @@ async def test_login_role_without_supabase_role_grants_is_not_serving_and_says_w
     await _wait_data_serving(server.channel, serving=False)
 
     assert "cannot switch to role(s) anon,authenticated" in caplog.text
+
+
+async def test_an_unknown_nulls_order_is_refused_not_ignored(data: Data) -> None:
+    result = await refusal(
+        data.stub.Select,
+        data_pb2.SelectRequest(
+            mode=ADMIN,
+            target=notes(),
+            order=[data_pb2.OrderBy(column="id", nulls=7)],  # type: ignore[arg-type]
+        ),
+    )
+
+    assert (result.code, result.reason) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "BAD_REQUEST",
+    )
+
+
+async def test_a_nul_in_the_token_subject_is_an_invalid_claim(data: Data) -> None:
+    result = await refusal(
+        data.stub.Select,
+        data_pb2.SelectRequest(mode=data.user(uid="a\x00b"), target=notes()),
+    )
+
+    assert (result.code, result.reason, result.metadata.get("claim")) == (
+        grpc.StatusCode.UNAUTHENTICATED,
+        "INVALID_CLAIM",
+        "sub",
+    )

@@ -67,7 +67,7 @@ class DataServicer:
                 columns=tuple(request.columns),
                 filter=_optional_filter(request),
                 order=tuple(
-                    query.Order(o.column, o.descending, _NULLS.get(o.nulls))
+                    query.Order(o.column, o.descending, _nulls(o.nulls))
                     for o in request.order
                 ),
                 limit=request.limit,
@@ -209,6 +209,15 @@ def _require_admin_for(caller: Caller, request: Any) -> None:
         )
     else:
         caller.require(Scope.DATA_ADMIN)
+
+
+def _nulls(value: Any) -> str | None:
+    if value not in _NULLS:
+        raise InvalidArgument(
+            Reason.BAD_REQUEST,
+            f"order nulls {value} is not one of NULLS_DEFAULT, NULLS_FIRST, NULLS_LAST",
+        )
+    return _NULLS[value]
 
 
 def _optional_filter(request: Any) -> query.Filter | None:

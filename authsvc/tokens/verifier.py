@@ -266,6 +266,10 @@ class TokenVerifier:
         for name in OPTIONAL_STRING_CLAIMS:
             if claims.get(name) is not None and not isinstance(claims[name], str):
                 raise _invalid_claim(name, "must be a string")
+        for name in (*REQUIRED_STRING_CLAIMS, *OPTIONAL_STRING_CLAIMS):
+            # No identity contains NUL, and Postgres settings cannot hold it.
+            if "\x00" in claims.get(name, ""):
+                raise _invalid_claim(name, "must not contain a NUL character")
         for name in OPTIONAL_OBJECT_CLAIMS:
             if claims.get(name) is not None and not isinstance(claims[name], dict):
                 raise _invalid_claim(name, "must be a JSON object")
