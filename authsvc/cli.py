@@ -16,7 +16,7 @@ from google.protobuf import json_format
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from authsvc.access import Scope
+from authsvc.access import CallerConfigError, CallerSet, Scope
 from authsvc.access.keys import generate_key, hash_key
 from authsvc.config import ConfigError, Settings
 from authsvc.dev import dev_directory
@@ -107,11 +107,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="refuse tokens of anonymous sign-ins",
     )
-    verify_cmd.add_argument("--target", default=DEFAULT_VERIFY_TARGET)
+    verify_cmd.add_argument(
+        "--target", default=DEFAULT_VERIFY_TARGET, help="the server's HOST:PORT"
+    )
     verify_cmd.add_argument(
         "--key",
         default=os.environ.get(CALLER_KEY_VARIABLE),
-        help=f"this app's caller key (default: ${CALLER_KEY_VARIABLE})",
+        help=f"this app's caller key; by default ${CALLER_KEY_VARIABLE}",
     )
     verify_cmd.add_argument(
         "--timeout",
@@ -127,12 +129,26 @@ def _parser() -> argparse.ArgumentParser:
         help="make a new caller key and print it with the hash to configure",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    key_cmd.add_argument("--name", default="my-app", help="the caller's name")
+    key_cmd.add_argument(
+        "--name", default="my-app", help="the caller's name (a-z, 0-9, - _ .)"
+    )
     key_cmd.add_argument(
         "--scope",
         action="append",
         choices=[scope.value for scope in Scope],
         help="a scope to grant (repeatable; default tokens:verify)",
+    )
+    key_cmd.add_argument(
+        "--admin-table",
+        action="append",
+        metavar="SCHEMA.TABLE",
+        help="narrow data:admin to this table (repeatable)",
+    )
+    key_cmd.add_argument(
+        "--admin-function",
+        action="append",
+        metavar="SCHEMA.FUNCTION",
+        help="narrow data:admin to this function (repeatable)",
     )
     key_cmd.set_defaults(handler=_caller_key)
     return parser
@@ -236,6 +252,11 @@ async def _verify_remote(
             )
         except grpc.aio.AioRpcError as exc:
             print(_describe_rpc_error(exc), file=sys.stderr)
+            if not metadata and exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+                print(
+                    f"authsvc: pass --key or set {CALLER_KEY_VARIABLE}",
+                    file=sys.stderr,
+                )
             return EXIT_FAILED
     print(
         json_format.MessageToJson(response, indent=2, preserving_proto_field_name=True)
@@ -244,17 +265,41 @@ async def _verify_remote(
 
 
 def _caller_key(args: argparse.Namespace) -> int:
+    """The key on stderr, the TOML on stdout: `>> callers.toml` stores no key."""
+    narrowed = args.admin_table is not None or args.admin_function is not None
+    default = [Scope.DATA_ADMIN.value if narrowed else Scope.TOKENS_VERIFY.value]
+    scopes = list(dict.fromkeys(args.scope or default))
+    if narrowed and Scope.DATA_ADMIN.value not in scopes:
+        scopes.append(Scope.DATA_ADMIN.value)
     key = generate_key()
-    scopes = ", ".join(f'"{scope}"' for scope in args.scope or [Scope.TOKENS_VERIFY])
+    lines = [
+        f"[callers.{json.dumps(args.name)}]",
+        f'key_hashes = ["{hash_key(key)}"]',
+        f"scopes = {json.dumps(scopes)}",
+    ]
+    if narrowed:
+        lines.append(f"admin_tables = {json.dumps(args.admin_table or [])}")
+        lines.append(f"admin_functions = {json.dumps(args.admin_function or [])}")
+    # Parse what we print, so a bad name fails here, not at deploy.
+    toml = "\n".join(lines) + "\n"
+    try:
+        CallerSet.parse(toml)
+    except CallerConfigError as exc:
+        print(f"authsvc: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
     print(
-        f"# Give this key to the app (a Fly secret), never to authsvc:\n"
-        f"#   {key}\n"
-        f"# The app sends it as the metadata  authorization: Bearer <key>\n"
-        f"# Add this caller to AUTHSVC_CALLERS or AUTHSVC_CALLERS_FILE:\n"
-        f"[callers.{args.name}]\n"
-        f'key_hashes = ["{hash_key(key)}"]\n'
-        f"scopes = [{scopes}]"
+        f"authsvc: the key for {args.name} (give it to that app, e.g. as a Fly "
+        f"secret; it sends 'authorization: Bearer <key>'):\n{key}",
+        file=sys.stderr,
     )
+    if Scope.DATA_ADMIN.value in scopes and not narrowed:
+        print(
+            "authsvc: warning: data:admin on every table and function bypasses "
+            "row-level security; narrow it with --admin-table/--admin-function",
+            file=sys.stderr,
+        )
+    print(toml, end="")
     return 0
 
 

@@ -76,7 +76,11 @@ def server_options(settings: Settings) -> Sequence[tuple[str, Any]]:
         ("grpc.max_metadata_size", settings.max_metadata_bytes),
         ("grpc.absolute_max_metadata_size", settings.max_metadata_bytes),
         ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+        # gRPC core (1.85) closes a connection whose ping goes unanswered
+        # after the ping timeout (default 60 s), not after keepalive_timeout:
+        # both are set so a dead peer is dropped within time + timeout (C24).
         ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
         ("grpc.keepalive_permit_without_calls", 1),
         (
             "grpc.http2.min_recv_ping_interval_without_data_ms",
@@ -131,6 +135,12 @@ class AuthsvcServer:
             default_rate=settings.caller_requests_per_second,
         )
         self._callers_stamp = _file_stamp(settings.callers_file)
+        logger.info(
+            "callers loaded callers=%d names=%s source=%s",
+            len(self.gate.callers),
+            ",".join(caller.name for caller in self.gate.callers.callers) or "-",
+            settings.summary()["callers"],
+        )
         self._grpc = grpc.aio.server(options=server_options(settings))
         self._serving: dict[str, bool] = {AUTH_SERVICE_NAME: False}
         if self.database is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from authsvc.access import CallerConfigError, CallerSet, Gate, Scope
@@ -110,9 +112,9 @@ def test_a_reload_that_changes_limits_keeps_counting_calls_in_flight() -> None:
         default_rate=0,
     )
     header = [f"Bearer {KEY}"]
-    admit = lambda: gate.admit(
-        authorization=header, peer="ipv4:127.0.0.1:1", tls_names=()
-    )  # noqa: E731
+
+    def admit() -> Any:
+        return gate.admit(authorization=header, peer="ipv4:127.0.0.1:1", tls_names=())
 
     with admit():
         gate.replace(config(1))

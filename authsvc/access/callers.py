@@ -93,10 +93,12 @@ class Caller:
 
     def require_admin_table(self, schema: str, table: str) -> None:
         self.require(Scope.DATA_ADMIN)
-        if self.admin_tables is not None and (schema, table) not in self.admin_tables:
+        allowed = self.admin_tables
+        if allowed is not None and (schema, table) not in allowed:
+            which = "other tables" if allowed else "no table"
             raise PermissionDenied(
                 Reason.SCOPE_MISSING,
-                f"caller {self.name!r} has data:admin only for other tables, "
+                f"caller {self.name!r} has data:admin for {which}, "
                 f"not {schema}.{table}",
                 {"scope": Scope.DATA_ADMIN.value, "caller": self.name},
             )
@@ -105,9 +107,10 @@ class Caller:
         self.require(Scope.DATA_ADMIN)
         allowed = self.admin_functions
         if allowed is not None and (schema, function) not in allowed:
+            which = "other functions" if allowed else "no function"
             raise PermissionDenied(
                 Reason.SCOPE_MISSING,
-                f"caller {self.name!r} has data:admin only for other functions, "
+                f"caller {self.name!r} has data:admin for {which}, "
                 f"not {schema}.{function}",
                 {"scope": Scope.DATA_ADMIN.value, "caller": self.name},
             )
@@ -140,7 +143,10 @@ class CallerSet:
         try:
             document = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
-            raise CallerConfigError(f"not valid TOML: {exc}") from None
+            hint = ""
+            if text.strip().startswith(("/", "./")):
+                hint = " (it looks like a path: set AUTHSVC_CALLERS_FILE to it instead)"
+            raise CallerConfigError(f"not valid TOML{hint}: {exc}") from None
         try:
             model = _FileModel.model_validate(document)
         except ValidationError as exc:

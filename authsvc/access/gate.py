@@ -9,16 +9,21 @@ swapped while calls run (`replace`), which is how a reload takes effect.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from authsvc.access.callers import UNAUTHENTICATED_CALLER, Caller, CallerSet
-from authsvc.access.keys import MAX_KEY_CHARS
+from authsvc.access.keys import HASH_PREFIX, MAX_KEY_CHARS, hash_key
 from authsvc.access.limits import CallerLimiter
 from authsvc.access.network import Network, allowed
 from authsvc.errors import PermissionDenied, Reason, Unauthenticated
 
+logger = logging.getLogger(__name__)
+
 BEARER = "bearer"
+# "sha256:" and 8 hex digits of an unknown key's hash, for the log.
+HINT_CHARS = len(HASH_PREFIX) + 8
 JWT_START = "eyJ"
 
 
@@ -86,8 +91,14 @@ class Gate:
                 "send one authorization header, not several",
             )
         if authorization:
-            caller = self.callers.by_key(_bearer_key(authorization[0]))
+            key = _bearer_key(authorization[0])
+            caller = self.callers.by_key(key)
             if caller is None:
+                # A short fingerprint tells an operator which app still sends
+                # a revoked key; it reveals nothing usable about the key.
+                logger.info(
+                    "unknown caller key fingerprint=%s", hash_key(key)[:HINT_CHARS]
+                )
                 raise Unauthenticated(
                     Reason.CALLER_KEY_INVALID,
                     "the caller key is not known to this server (revoked, "
@@ -120,6 +131,12 @@ def _bearer_key(value: str) -> str:
         raise Unauthenticated(
             Reason.CALLER_KEY_INVALID,
             "the authorization metadata must be 'Bearer <key>'",
+        )
+    if key.startswith(HASH_PREFIX):
+        raise Unauthenticated(
+            Reason.CALLER_KEY_INVALID,
+            "the authorization metadata holds a key's sha256: hash; send the key "
+            "itself (asvc_…), and keep the hash in authsvc's caller configuration",
         )
     if key.startswith(JWT_START):
         raise Unauthenticated(

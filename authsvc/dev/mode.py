@@ -98,10 +98,16 @@ def quick_start(
     bin_dir = _shown_bin_dir()
     target = f"localhost:{port}"
     request = shlex.quote(f'{{"token": "{token}"}}')
-    header = ""
-    key_option = ""
+    header = "-H 'authorization: Bearer <your key>' "
+    key_option = "--key '<your key>' "
     lines = ["", f"authsvc dev is ready on {target} (issuer {DEV_ISSUER})."]
-    if caller_key is not None:
+    if caller_key is None:
+        lines += [
+            "Callers come from your AUTHSVC_CALLERS(_FILE), which replace the dev "
+            "caller: put one of your keys where <your key> is.",
+            "",
+        ]
+    else:
         header = f"-H 'authorization: Bearer {caller_key}' "
         key_option = f"--key {caller_key} "
         lines += [
