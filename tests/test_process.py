@@ -9,6 +9,7 @@ import re
 import shlex
 import signal
 import socket
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,6 +18,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from authsvc.access import CallerSet
 from authsvc.v1 import auth_pb2, auth_pb2_grpc
 from tests.conftest import Keys
 from tests.support.callers import (
@@ -392,3 +394,23 @@ async def test_sighup_reloads_the_callers_file_and_logs_carry_the_caller_name(
     assert "method=VerifyToken caller=first-app" in access[0]
     assert "method=VerifyToken caller=other-app" in access[1]
     assert TEST_CALLER_KEY not in stderr
+
+
+def test_caller_key_prints_the_key_apart_from_the_toml_it_belongs_to() -> None:
+    result = subprocess.run(
+        [AUTHSVC, "caller-key", "--name", "reports", "--admin-table", "invoices"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+
+    key = re.search(r"\basvc_[\w-]{43}\b", result.stderr)
+    assert key is not None
+    callers = CallerSet.parse(result.stdout)
+    caller = callers.by_key(key.group())
+    assert caller is not None
+    assert (caller.name, caller.admin_tables) == (
+        "reports",
+        frozenset({("public", "invoices")}),
+    )
+    assert "asvc_" not in result.stdout
