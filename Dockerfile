@@ -40,8 +40,9 @@ ENV PATH=/opt/venv/bin:$PATH \
 
 USER 10001:10001
 
-# gRPC (plain HTTP/2). On Fly it is reached privately as <app>.internal:50051.
-EXPOSE 50051
+# gRPC (plain HTTP/2), reached privately as <app>.internal:50051; and the
+# operations port: /metrics, /healthz, /readyz for Fly's checks and scraper.
+EXPOSE 50051 9091
 
 # No STOPSIGNAL: Fly sends fly.toml's kill_signal, and authsvc drains on both
 # SIGINT and SIGTERM. Exec form keeps authsvc as PID 1 so it gets the signal.

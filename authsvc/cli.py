@@ -26,6 +26,7 @@ from authsvc.dev.issuer import (
     DEV_USER_ID,
     DevIssuer,
 )
+from authsvc.ops import check as checklist
 from authsvc.ops.logging import configure_logging
 from authsvc.server import BindError, serve
 
@@ -151,12 +152,41 @@ def _parser() -> argparse.ArgumentParser:
         help="narrow data:admin to this function (repeatable)",
     )
     key_cmd.set_defaults(handler=_caller_key)
+
+    check_cmd = commands.add_parser(
+        "check",
+        help="check a deployment (region, pooler, secrets, keys, database, "
+        "fly.toml); exit 1 if anything fails",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    check_cmd.add_argument(
+        "--fly-toml",
+        default="fly.toml",
+        metavar="PATH",
+        help="the app's fly.toml; if missing, its checks are skipped with a warning",
+    )
+    check_cmd.add_argument(
+        "--machines",
+        type=int,
+        help=f"Machines running authsvc (by default {checklist.DEFAULT_MACHINES}, "
+        "or fly.toml's min_machines_running if higher)",
+    )
+    check_cmd.add_argument(
+        "--pool-budget",
+        type=int,
+        default=checklist.DEFAULT_POOL_BUDGET,
+        help="server connections the pooler opens per user (Supabase's pool size)",
+    )
+    check_cmd.add_argument(
+        "--json", action="store_true", help="print the results as JSON"
+    )
+    check_cmd.set_defaults(handler=_check)
     return parser
 
 
 def _serve(_: argparse.Namespace) -> int:
     settings = Settings.from_environ(os.environ)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     logger.info(
         "starting %s",
         " ".join(f"{key}={value}" for key, value in settings.summary().items()),
@@ -175,7 +205,7 @@ def _serve(_: argparse.Namespace) -> int:
 def _dev(_: argparse.Namespace) -> int:
     from authsvc.dev.mode import run_dev
 
-    configure_logging(os.environ.get("AUTHSVC_LOG_LEVEL", "INFO"), human=True)
+    configure_logging(os.environ.get("AUTHSVC_LOG_LEVEL", "INFO"), "human")
     asyncio.run(run_dev(os.environ))
     return 0
 
@@ -301,6 +331,27 @@ def _caller_key(args: argparse.Namespace) -> int:
         )
     print(toml, end="")
     return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    """Every row printed; exit 1 if any FAILs (WARNs pass a release step)."""
+    if (args.machines is not None and args.machines < 1) or args.pool_budget < 1:
+        print(
+            "authsvc: --machines and --pool-budget must be 1 or more", file=sys.stderr
+        )
+        return EXIT_CONFIG
+    deployment = checklist.load_deployment(
+        os.environ,
+        fly_toml=args.fly_toml,
+        machines=args.machines,
+        pool_budget=args.pool_budget,
+    )
+    results = asyncio.run(checklist.run_checks(deployment))
+    if args.json:
+        print(checklist.render_json(results))
+    else:
+        print(checklist.render_table(results))
+    return EXIT_FAILED if checklist.failed(results) else 0
 
 
 def _describe_rpc_error(exc: grpc.aio.AioRpcError) -> str:

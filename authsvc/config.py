@@ -26,6 +26,9 @@ from pydantic import (
 from authsvc.access.network import parse_networks
 
 DEFAULT_LISTEN_ADDR = "[::]:50051"
+# Metrics, /healthz and /readyz; `off` switches the port off.
+DEFAULT_METRICS_ADDR = "[::]:9091"
+METRICS_OFF = "off"
 DEFAULT_AUDIENCES = ("authenticated",)
 DEFAULT_LEEWAY_SECONDS = 30.0
 MAX_LEEWAY_SECONDS = 300.0
@@ -124,6 +127,9 @@ class Settings(BaseModel):
     supabase_url: str | None = Field(default=None, alias="SUPABASE_URL")
     jwt_secret: SecretStr | None = Field(default=None, alias="SUPABASE_JWT_SECRET")
     listen_addr: str = Field(default=DEFAULT_LISTEN_ADDR, alias="AUTHSVC_LISTEN_ADDR")
+    metrics_addr: str = Field(
+        default=DEFAULT_METRICS_ADDR, alias="AUTHSVC_METRICS_ADDR"
+    )
     issuer_override: str | None = Field(default=None, alias="AUTHSVC_ISSUER")
     jwks_url_override: str | None = Field(default=None, alias="AUTHSVC_JWKS_URL")
     audiences: tuple[str, ...] = Field(
@@ -162,6 +168,7 @@ class Settings(BaseModel):
         alias="AUTHSVC_SHUTDOWN_GRACE_SECONDS",
     )
     log_level: str = Field(default="INFO", alias="AUTHSVC_LOG_LEVEL")
+    log_format: str = Field(default="json", alias="AUTHSVC_LOG_FORMAT")
 
     callers: SecretStr | None = Field(default=None, alias="AUTHSVC_CALLERS")
     callers_file: str | None = Field(default=None, alias="AUTHSVC_CALLERS_FILE")
@@ -335,6 +342,20 @@ class Settings(BaseModel):
     def _check_listen(cls, value: str) -> str:
         return _check_listen_addr(value.strip())
 
+    @field_validator("metrics_addr")
+    @classmethod
+    def _check_metrics(cls, value: str) -> str:
+        value = value.strip()
+        return value if value.lower() == METRICS_OFF else _check_listen_addr(value)
+
+    @property
+    def metrics_host_port(self) -> tuple[str, int] | None:
+        """Where the operations port listens, or None when switched off."""
+        if self.metrics_addr.lower() == METRICS_OFF:
+            return None
+        host, _, port = self.metrics_addr.rpartition(":")
+        return host.strip("[]"), int(port)
+
     @field_validator("supabase_url", "issuer_override", "jwks_url_override")
     @classmethod
     def _strip_trailing_slash(cls, value: str | None) -> str | None:
@@ -365,6 +386,13 @@ class Settings(BaseModel):
                 "(Supabase's legacy JWT secret is)"
             )
         return value
+
+    @field_validator("log_format")
+    @classmethod
+    def _check_log_format(cls, value: str) -> str:
+        if value.lower() not in ("json", "text"):
+            raise ValueError("must be json (one object per line on stdout) or text")
+        return value.lower()
 
     @field_validator("log_level")
     @classmethod
@@ -452,6 +480,7 @@ class Settings(BaseModel):
         """The settings as they may be logged: secrets masked."""
         return {
             "listen_addr": self.listen_addr,
+            "metrics_addr": self.metrics_addr,
             "issuer": self.issuer,
             "jwks_url": self.jwks_url or "off",
             "hs256_secret": "set" if self.jwt_secret is not None else "not set",

@@ -44,6 +44,14 @@ from authsvc.api.registry import add_unary_service
 from authsvc.config import ConfigError, Settings
 from authsvc.data.service import Database
 from authsvc.errors import KeysUnavailable
+from authsvc.ops.http import (
+    LIVENESS_PATH,
+    METRICS_PATH,
+    READINESS_PATH,
+    OpsServer,
+    Readiness,
+)
+from authsvc.ops.metrics import Metrics
 from authsvc.tokens import KeySet, TokenVerifier
 
 logger = logging.getLogger(__name__)
@@ -125,6 +133,15 @@ class AuthsvcServer:
             keys=self.keys,
             hs256_secret=secret.get_secret_value() if secret is not None else None,
         )
+        self.metrics = Metrics()
+        self.verifier.on_result = self.metrics.observe_verification
+        if self.keys is not None:
+            self.keys.on_fetch = self.metrics.observe_jwks_fetch
+            keys = self.keys
+            self.metrics.track_keyset(lambda: keys.age_seconds, lambda: keys.key_count)
+        self.ops_port: int | None = None
+        self._ops = OpsServer(self.metrics, self.readiness)
+        self._stopping = False
         self.health = health.aio.HealthServicer()
         self.database = Database(settings) if settings.database_url else None
         self.gate = Gate(
@@ -150,15 +167,28 @@ class AuthsvcServer:
     async def start(self) -> int:
         """Bind, serve, load keys, mark health; return the bound port."""
         add_unary_service(
-            self._grpc, AuthServicer(self.verifier), AUTH_SERVICE, self.gate
+            self._grpc,
+            AuthServicer(self.verifier),
+            AUTH_SERVICE,
+            self.gate,
+            self.metrics,
         )
         if self.database is not None:
             await self.database.open()
             add_unary_service(
                 self._grpc,
-                DataServicer(self.verifier, self.database),
+                DataServicer(self.verifier, self.database, self.metrics),
                 DATA_SERVICE,
                 self.gate,
+                self.metrics,
+            )
+            database = self.database
+            self.metrics.track_pool(
+                database.connections,
+                database.connections_in_use,
+                database.requests_waiting,
+                database.max_connections,
+                database.pooled,
             )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         if self.settings.reflection:
@@ -176,6 +206,7 @@ class AuthsvcServer:
             self.port,
             __version__,
         )
+        await self._start_ops()
 
         if self.database is not None:
             self._background.append(
@@ -201,9 +232,13 @@ class AuthsvcServer:
 
     async def stop(self) -> None:
         """Drain and stop; every step is bounded by the grace period."""
+        if self._stopping:
+            return
         grace = self.settings.shutdown_grace_seconds
         logger.info("shutting down grace_seconds=%g", grace)
 
+        # /readyz answers 503 from here on, like gRPC health.
+        self._stopping = True
         await self.health.enter_graceful_shutdown()
         for task in self._background:
             task.cancel()
@@ -215,7 +250,41 @@ class AuthsvcServer:
         if self.database is not None:
             await self.database.close(grace)
         await self._http.aclose()
+        await self._ops.stop()
         logger.info("stopped")
+
+    def readiness(self, service: str) -> Readiness | None:
+        """What gRPC health says for `service` (`""`: overall); None if unknown."""
+        if service == OVERALL_HEALTH:
+            failing = tuple(
+                name for name, ok in self._serving.items() if self._stopping or not ok
+            )
+            return Readiness(not failing, failing)
+        if service not in self._serving:
+            return None
+        serving = self._serving[service] and not self._stopping
+        return Readiness(serving, () if serving else (service,))
+
+    async def _start_ops(self) -> None:
+        where = self.settings.metrics_host_port
+        if where is None:
+            return
+        host, port = where
+        try:
+            self.ops_port = await self._ops.start(host, port)
+        except OSError as exc:
+            raise BindError(
+                f"cannot listen on {self.settings.metrics_addr} for metrics and "
+                f"health: {exc.strerror or exc} (set AUTHSVC_METRICS_ADDR, or off)"
+            ) from exc
+        logger.info(
+            "ops listening addr=%s port=%d paths=%s,%s,%s",
+            self.settings.metrics_addr,
+            self.ops_port,
+            METRICS_PATH,
+            LIVENESS_PATH,
+            READINESS_PATH,
+        )
 
     def reload_callers(self, trigger: str = "SIGHUP") -> bool:
         """Reread the callers file; on any problem keep the current callers."""

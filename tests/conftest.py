@@ -104,6 +104,7 @@ def base_environ(jwks: JwksStub | None, **overrides: str) -> dict[str, str]:
         "AUTHSVC_SHUTDOWN_GRACE_SECONDS": "1",
         "AUTHSVC_JWKS_COOLDOWN_SECONDS": "0",
         "AUTHSVC_CALLERS": TEST_CALLERS,
+        "AUTHSVC_METRICS_ADDR": "127.0.0.1:0",
     }
     environ.update(overrides)
     return environ

@@ -17,7 +17,12 @@ from typing import Any
 
 import pytest
 
-from authsvc.config import DEFAULT_LISTEN_ADDR, DEFAULT_SHUTDOWN_GRACE_SECONDS
+from authsvc.config import (
+    DEFAULT_LISTEN_ADDR,
+    DEFAULT_METRICS_ADDR,
+    DEFAULT_SHUTDOWN_GRACE_SECONDS,
+)
+from authsvc.ops.http import METRICS_PATH, READINESS_PATH
 from authsvc.ops.regions import SUPABASE_TO_FLY_REGION
 
 ROOT = Path(__file__).parents[1]
@@ -30,10 +35,17 @@ LISTEN_HOSTS = {"[::]", "fly-local-6pn"}
 HADOLINT_TIMEOUT_SECONDS = 60
 
 
-@pytest.fixture(scope="module")
-def fly() -> dict[str, Any]:
-    with FLY_TOML.open("rb") as file:
-        return tomllib.load(file)
+FLYCAST_TOML = ROOT / "fly.flycast.toml"
+VARIANTS = {"6pn": FLY_TOML, "flycast": FLYCAST_TOML}
+
+
+@pytest.fixture(scope="module", params=sorted(VARIANTS))
+def fly(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Each shipped fly.toml variant; every check below holds for both."""
+    with VARIANTS[request.param].open("rb") as file:
+        config = tomllib.load(file)
+    config["_variant"] = request.param
+    return config
 
 
 def split_addr(addr: str) -> tuple[str, int]:
@@ -53,15 +65,24 @@ def seconds(value: object) -> float:
 
 
 DEFAULT_PORT = split_addr(DEFAULT_LISTEN_ADDR)[1]
+METRICS_PORT = split_addr(DEFAULT_METRICS_ADDR)[1]
 
 
 # fly.toml
 
 
 def test_fly_toml_exposes_no_public_ports(fly: dict[str, Any]) -> None:
-    # Either section would publish the port through Fly's proxy.
+    # [http_service] always publishes through the proxy with HTTP handlers.
     assert "http_service" not in fly
-    assert "services" not in fly
+    if fly["_variant"] == "6pn":
+        assert "services" not in fly
+        return
+    # Flycast: one raw TCP service on the gRPC port (a private IP is the
+    # operator's `fly ips allocate-v6 --private`, documented in the file).
+    (service,) = fly["services"]
+    assert service["internal_port"] == DEFAULT_PORT
+    assert [port["handlers"] for port in service["ports"]] == [[]]
+    assert service["tcp_checks"]
 
 
 def test_fly_toml_env_holds_no_secrets(fly: dict[str, Any]) -> None:
@@ -97,12 +118,19 @@ def test_fly_toml_primary_region_sits_beside_a_supabase_region(
     assert fly["primary_region"] in set(SUPABASE_TO_FLY_REGION.values())
 
 
-def test_fly_toml_checks_the_grpc_port_over_tcp(fly: dict[str, Any]) -> None:
+def test_fly_toml_checks_readiness_on_the_ops_port(fly: dict[str, Any]) -> None:
     checks = fly.get("checks", {}).values()
     assert any(
-        check.get("type") == "tcp" and check.get("port") == DEFAULT_PORT
+        check.get("type") == "http"
+        and check.get("port") == METRICS_PORT
+        and check.get("path") == READINESS_PATH
         for check in checks
     )
+
+
+def test_fly_toml_metrics_are_scraped_from_the_ops_port(fly: dict[str, Any]) -> None:
+    assert fly["metrics"] == {"port": METRICS_PORT, "path": METRICS_PATH}
+    assert split_addr(fly["env"]["AUTHSVC_METRICS_ADDR"])[1] == METRICS_PORT
 
 
 def test_fly_toml_builds_from_the_dockerfile(fly: dict[str, Any]) -> None:

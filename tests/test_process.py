@@ -64,9 +64,11 @@ class Process:
                 await asyncio.sleep(0.1)
 
     async def finish(self, timeout: float = 15) -> tuple[int, str]:
-        _, stderr = await asyncio.wait_for(self.proc.communicate(), timeout)
+        """Wait for the exit; return the code and all output (JSON logs go to
+        stdout, messages for people to stderr)."""
+        stdout, stderr = await asyncio.wait_for(self.proc.communicate(), timeout)
         assert self.proc.returncode is not None
-        return self.proc.returncode, stderr.decode()
+        return self.proc.returncode, stdout.decode() + stderr.decode()
 
 
 async def spawn(*args: str, env: dict[str, str], port: int) -> Process:
@@ -88,6 +90,7 @@ def serve_env(jwks: JwksStub, port: int, **extra: str) -> dict[str, str]:
         "AUTHSVC_JWKS_COOLDOWN_SECONDS": "0",
         "AUTHSVC_SHUTDOWN_GRACE_SECONDS": "5",
         "AUTHSVC_CALLERS": TEST_CALLERS,
+        "AUTHSVC_METRICS_ADDR": "127.0.0.1:0",
         **extra,
     }
 
@@ -263,6 +266,7 @@ async def test_dev_mode_prints_a_token_and_a_command_that_verifies_it(
     port = free_port()
     env = {
         "AUTHSVC_LISTEN_ADDR": f"127.0.0.1:{port}",
+        "AUTHSVC_METRICS_ADDR": "127.0.0.1:0",
         "AUTHSVC_DEV_DIR": str(tmp_path / "dev"),
     }
     process = await spawn("dev", env=env, port=port)
@@ -388,11 +392,15 @@ async def test_sighup_reloads_the_callers_file_and_logs_carry_the_caller_name(
         process.proc.send_signal(signal.SIGTERM)
         code, stderr = await process.finish()
 
-    access = [line for line in stderr.splitlines() if "rpc status=OK" in line]
+    events = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    access = [e for e in events if e["logger"] == "authsvc.api.status"]
     assert code == 0
     assert "callers reloaded callers=1 trigger=SIGHUP" in stderr
-    assert "method=VerifyToken caller=first-app" in access[0]
-    assert "method=VerifyToken caller=other-app" in access[1]
+    assert [(e["method"], e["caller"], e["status"]) for e in access] == [
+        ("VerifyToken", "first-app", "OK"),
+        ("VerifyToken", "other-app", "OK"),
+    ]
+    assert all(len(e["request_id"]) == 32 and e["peer"] for e in access)
     assert TEST_CALLER_KEY not in stderr
 
 
@@ -414,3 +422,60 @@ def test_caller_key_prints_the_key_apart_from_the_toml_it_belongs_to() -> None:
         frozenset({("public", "invoices")}),
     )
     assert "asvc_" not in result.stdout
+
+
+async def test_logs_are_json_lines_with_request_ids_and_no_secret(
+    jwks: JwksStub, keys: Keys
+) -> None:
+    port = free_port()
+    secret = "a-legacy-secret-that-must-never-be-logged-0123456789"
+    process = await spawn(
+        "serve", env=serve_env(jwks, port, SUPABASE_JWT_SECRET=secret), port=port
+    )
+    good, expired = es256(keys.ec1), es256(keys.ec1, {"exp": 1000})
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    try:
+        await process.wait_serving()
+        async with caller_channel(process.target, TEST_CALLER_KEY) as channel:
+            stub = auth_pb2_grpc.AuthServiceStub(channel)
+            call = stub.VerifyToken(
+                auth_pb2.VerifyTokenRequest(token=good),
+                metadata=(
+                    ("x-request-id", "req-42"),
+                    ("traceparent", f"00-{trace}-00f067aa0ba902b7-01"),
+                ),
+                timeout=10,
+            )
+            await call
+            echoed = dict(await call.initial_metadata())
+            for token, key in (
+                (expired, TEST_CALLER_KEY),
+                (good, good),
+                (good, "asvc_x"),
+            ):
+                with pytest.raises(grpc.aio.AioRpcError):
+                    await stub.VerifyToken(
+                        auth_pb2.VerifyTokenRequest(token=token),
+                        metadata=(("authorization", f"Bearer {key}"),),
+                        timeout=10,
+                    )
+    finally:
+        process.proc.send_signal(signal.SIGTERM)
+        stdout, _ = await asyncio.wait_for(process.proc.communicate(), 15)
+
+    lines = stdout.decode().splitlines()
+    events = [json.loads(line) for line in lines]  # every line is one JSON object
+    access = [e for e in events if e["logger"] == "authsvc.api.status"]
+    assert echoed["x-request-id"] == "req-42"
+    assert access[0]["request_id"] == "req-42"
+    assert access[0]["trace_id"] == trace
+    assert [e["status"] for e in access] == [
+        "OK",
+        "UNAUTHENTICATED",
+        "UNAUTHENTICATED",
+        "UNAUTHENTICATED",
+    ]
+    assert {e["level"] for e in events} <= {"INFO", "WARNING"}
+    assert any("hs256_secret=set" in e["message"] for e in events)
+    for secret_text in (secret, good, expired, TEST_CALLER_KEY, good.split(".")[2]):
+        assert secret_text not in stdout.decode()

@@ -12,6 +12,7 @@ from authsvc.access import Caller, CallerSet, Gate
 from authsvc.api.auth import SERVICE
 from authsvc.api.registry import add_unary_service
 from authsvc.errors import AuthsvcError, Reason, Status, Unavailable
+from authsvc.ops.metrics import Metrics
 from authsvc.v1 import auth_pb2, auth_pb2_grpc
 from tests.conftest import Refusal
 
@@ -37,7 +38,7 @@ async def stub() -> AsyncIterator[auth_pb2_grpc.AuthServiceStub]:
         default_max_concurrent=0,
         default_rate=0,
     )
-    add_unary_service(server, _FailingServicer(), SERVICE, gate)
+    add_unary_service(server, _FailingServicer(), SERVICE, gate, Metrics())
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:

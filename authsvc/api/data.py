@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
 from authsvc.access import Caller, Scope
@@ -11,8 +13,11 @@ from authsvc.data.compiler import Compiler
 from authsvc.data.runner import Result, RunAs, Runner
 from authsvc.data.service import Database
 from authsvc.errors import AuthsvcError, InvalidArgument, PermissionDenied, Reason
+from authsvc.ops.metrics import Metrics
 from authsvc.tokens import TokenVerifier
 from authsvc.v1 import data_pb2
+
+audit = logging.getLogger("authsvc.audit")
 
 SERVICE = data_pb2.DESCRIPTOR.services_by_name["DataService"]
 # Undefined table, column, function: the catalog changed under the cache.
@@ -49,11 +54,14 @@ class DataServicer:
     verified or SQL compiled.
     """
 
-    def __init__(self, verifier: TokenVerifier, database: Database) -> None:
+    def __init__(
+        self, verifier: TokenVerifier, database: Database, metrics: Metrics
+    ) -> None:
         if database.compiler is None or database.runner is None:
             raise ValueError("open the database before serving it")
         self._verifier = verifier
         self._database = database
+        self._metrics = metrics
         self._compiler: Compiler = database.compiler
         self._runner: Runner = database.runner
 
@@ -75,7 +83,11 @@ class DataServicer:
                 count=request.count,
             )
         )
-        return _rows(await self._run(run_as, statement, context))
+        return _rows(
+            await self._run(
+                run_as, statement, context, caller, "select", _named(request.target)
+            )
+        )
 
     async def Insert(
         self, request: Any, context: Any, caller: Caller
@@ -88,7 +100,11 @@ class DataServicer:
                 returning=tuple(request.returning.columns),
             )
         )
-        return _rows(await self._run(run_as, statement, context))
+        return _rows(
+            await self._run(
+                run_as, statement, context, caller, "insert", _named(request.target)
+            )
+        )
 
     async def Upsert(
         self, request: Any, context: Any, caller: Caller
@@ -103,7 +119,11 @@ class DataServicer:
                 ignore_duplicates=request.ignore_duplicates,
             )
         )
-        return _rows(await self._run(run_as, statement, context))
+        return _rows(
+            await self._run(
+                run_as, statement, context, caller, "upsert", _named(request.target)
+            )
+        )
 
     async def Update(
         self, request: Any, context: Any, caller: Caller
@@ -120,7 +140,11 @@ class DataServicer:
                 max_affected=request.max_affected,
             )
         )
-        return _rows(await self._run(run_as, statement, context))
+        return _rows(
+            await self._run(
+                run_as, statement, context, caller, "update", _named(request.target)
+            )
+        )
 
     async def Delete(
         self, request: Any, context: Any, caller: Caller
@@ -136,7 +160,11 @@ class DataServicer:
                 max_affected=request.max_affected,
             )
         )
-        return _rows(await self._run(run_as, statement, context))
+        return _rows(
+            await self._run(
+                run_as, statement, context, caller, "delete", _named(request.target)
+            )
+        )
 
     async def Call(
         self, request: Any, context: Any, caller: Caller
@@ -148,7 +176,14 @@ class DataServicer:
         # A VOLATILE function may write: as a user, that needs data:write.
         if not run_as.admin and statement.extra.get("volatile", True):
             caller.require(Scope.DATA_WRITE)
-        result = await self._run(run_as, statement, context)
+        result = await self._run(
+            run_as,
+            statement,
+            context,
+            caller,
+            "call",
+            f"{request.schema or DEFAULT_SCHEMA}.{request.function}",
+        )
         return data_pb2.CallResponse(result_json=result.rows_json)
 
     async def ReloadSchema(
@@ -164,14 +199,40 @@ class DataServicer:
         return data_pb2.ReloadSchemaResponse(tables=tables, functions=functions)
 
     async def _run(
-        self, run_as: RunAs, statement: query.Statement, context: Any
+        self,
+        run_as: RunAs,
+        statement: query.Statement,
+        context: Any,
+        caller: Caller,
+        operation: str,
+        target: str,
     ) -> Result:
+        started = time.perf_counter()
         try:
-            return await self._runner.run(run_as, statement, context.time_remaining())
+            result = await self._runner.run(run_as, statement, context.time_remaining())
         except AuthsvcError as exc:
             if exc.metadata.get("sqlstate") in CATALOG_DRIFT_SQLSTATES:
                 self._database.mark_schema_stale()
             raise
+        finally:
+            self._metrics.observe_query(operation, time.perf_counter() - started)
+        writes = operation != "select" and statement.extra.get("volatile", True)
+        if run_as.admin and writes:
+            # Every committed admin write, for the audit trail.
+            audit.info(
+                "admin write caller=%s operation=%s target=%s affected=%d",
+                caller.name,
+                operation,
+                target,
+                result.affected,
+                extra={
+                    "audit": True,
+                    "operation": operation,
+                    "target": target,
+                    "affected": result.affected,
+                },
+            )
+        return result
 
     async def _run_as(
         self, mode: Any, caller: Caller, user_scope: Scope, request: Any
@@ -218,6 +279,10 @@ def _nulls(value: Any) -> str | None:
             f"order nulls {value} is not one of NULLS_DEFAULT, NULLS_FIRST, NULLS_LAST",
         )
     return _NULLS[value]
+
+
+def _named(target: Any) -> str:
+    return f"{target.schema or DEFAULT_SCHEMA}.{target.table}"
 
 
 def _optional_filter(request: Any) -> query.Filter | None:

@@ -20,10 +20,15 @@ from google.protobuf.message_factory import GetMessageClass
 
 from authsvc.access import Gate
 from authsvc.api.status import UndecodableRequest, guarded_unary
+from authsvc.ops.metrics import Metrics
 
 
 def add_unary_service(
-    server: grpc.aio.Server, servicer: object, service: ServiceDescriptor, gate: Gate
+    server: grpc.aio.Server,
+    servicer: object,
+    service: ServiceDescriptor,
+    gate: Gate,
+    metrics: Metrics,
 ) -> None:
     """Register every (unary) method of `service` implemented by `servicer`,
     each behind the gate."""
@@ -32,7 +37,7 @@ def add_unary_service(
         request_class = GetMessageClass(method.input_type)
         response_class = GetMessageClass(method.output_type)
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-            guarded_unary(method.name, getattr(servicer, method.name), gate),
+            guarded_unary(method.name, getattr(servicer, method.name), gate, metrics),
             request_deserializer=_tolerant(request_class.FromString),
             response_serializer=response_class.SerializeToString,
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -25,6 +26,7 @@ from grpc_status import rpc_status
 from authsvc.access import Caller, Gate
 from authsvc.errors import ERROR_DOMAIN, AuthsvcError, InvalidArgument, Reason, Status
 from authsvc.ops.logging import bind_call, unbind_call
+from authsvc.ops.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +38,12 @@ _CODES: dict[Status, grpc.StatusCode] = {
 }
 
 AUTHORIZATION = "authorization"
+REQUEST_ID = "x-request-id"
+TRACEPARENT = "traceparent"
+_REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_TRACEPARENT_PATTERN = re.compile(
+    r"(?P<version>[0-9a-f]{2})-(?P<trace>[0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}"
+)
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
@@ -85,23 +93,35 @@ class UndecodableRequest:
 
 
 def guarded_unary(
-    method_name: str, handler: Handler[Request, Response], gate: Gate
+    method_name: str,
+    handler: Handler[Request, Response],
+    gate: Gate,
+    metrics: Metrics,
 ) -> Callable[[Request, grpc.aio.ServicerContext[Any, Any]], Awaitable[Response]]:
     """Wrap one unary handler: admit the caller through the gate, translate
-    errors once, and log one access event with the method and caller."""
+    errors once, and log and count one access event with method and caller."""
 
     async def call(
         request: Request, context: grpc.aio.ServicerContext[Any, Any]
     ) -> Response:
         started = time.perf_counter()
-        log_context = bind_call(method=method_name, caller="-")
+        request_id = _request_id(context)
+        fields = {"method": method_name, "caller": "-", "request_id": request_id}
+        trace_id = _trace_id(context)
+        if trace_id is not None:
+            fields["trace_id"] = trace_id
+        log_context = bind_call(**fields, peer=context.peer())
+        # Sent first, so the id reaches the client whatever the outcome.
+        await context.send_initial_metadata(((REQUEST_ID, request_id),))
+        caller_name, code, reason = "-", "UNKNOWN", ""
         try:
             with gate.admit(
                 authorization=_metadata_values(context, AUTHORIZATION),
                 peer=context.peer(),
                 tls_names=_tls_names(context),
             ) as caller:
-                bind_call(method=method_name, caller=caller.name)
+                caller_name = caller.name
+                bind_call(**{**fields, "caller": caller.name}, peer=context.peer())
                 if isinstance(request, UndecodableRequest):
                     raise InvalidArgument(
                         Reason.MALFORMED_REQUEST,
@@ -109,21 +129,22 @@ def guarded_unary(
                         f"({request.problem}); send a valid protobuf message",
                     )
                 response = await handler(request, context, caller)
-            _log_access("OK", "", started)
+            code = "OK"
+            return response
         except AuthsvcError as exc:
-            _log_access(exc.status.value, exc.reason.value, started)
+            code, reason = exc.status.value, exc.reason.value
             await context.abort_with_status(error_status(exc))
             raise AssertionError("unreachable: abort raises") from exc
         except grpc.aio.AbortError:
             raise
         except asyncio.CancelledError:
             # The client gave up (deadline or cancel); nothing to send.
-            _log_access("CANCELLED", "", started)
+            code = "CANCELLED"
             raise
         except Exception as exc:
+            code, reason = "INTERNAL", Reason.INTERNAL.value
             error_id = uuid.uuid4().hex
             logger.exception("unexpected error error_id=%s", error_id)
-            _log_access("INTERNAL", Reason.INTERNAL.value, started)
             await context.abort_with_status(
                 to_grpc_status(
                     grpc.StatusCode.INTERNAL,
@@ -134,10 +155,29 @@ def guarded_unary(
             )
             raise AssertionError("unreachable: abort raises") from exc
         finally:
+            seconds = time.perf_counter() - started
+            _log_access(code, reason, seconds)
+            metrics.observe_rpc(method_name, caller_name, code, seconds)
             unbind_call(log_context)
-        return response
 
     return call
+
+
+def _request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """The caller's x-request-id if it is a sane one, else a new one."""
+    for value in _metadata_values(context, REQUEST_ID):
+        if _REQUEST_ID_PATTERN.fullmatch(value):
+            return value
+    return uuid.uuid4().hex
+
+
+def _trace_id(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+    """The trace id of a W3C traceparent, when the caller sent a valid one."""
+    for value in _metadata_values(context, TRACEPARENT):
+        match = _TRACEPARENT_PATTERN.fullmatch(value.strip())
+        if match and match["trace"] != "0" * 32 and match["version"] != "ff":
+            return match["trace"]
+    return None
 
 
 def _metadata_values(
@@ -171,10 +211,12 @@ def _valid_utf8(text: str) -> str:
     return text.encode("utf-8", "replace").decode("utf-8")
 
 
-def _log_access(status: str, reason: str, started: float) -> None:
+def _log_access(status: str, reason: str, seconds: float) -> None:
+    duration_ms = round(seconds * 1000, 2)
     logger.info(
         "rpc status=%s reason=%s duration_ms=%.2f",
         status,
         reason or "-",
-        (time.perf_counter() - started) * 1000,
+        duration_ms,
+        extra={"status": status, "reason": reason, "duration_ms": duration_ms},
     )

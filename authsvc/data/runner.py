@@ -88,6 +88,8 @@ class Runner:
         self._max_timeout = max_timeout_seconds
         self._acquire_timeout = acquire_timeout_seconds
         self._max_result_bytes = max_result_bytes
+        # Requests waiting for a pooled connection right now (for metrics).
+        self.waiting = 0
 
     def role_for(self, run_as: RunAs) -> str:
         """The Postgres role a request runs as, or PermissionDenied."""
@@ -120,13 +122,20 @@ class Runner:
         budget = min(budget, self._max_timeout)
         timeout_ms = str(max(MIN_STATEMENT_TIMEOUT_MS, math.floor(budget * 1000)))
 
+        waiting = True
+        self.waiting += 1
         try:
             async with self._pool.acquire(timeout=self._acquire_timeout) as conn:
+                waiting = False
+                self.waiting -= 1
                 return await self._in_transaction(
                     conn, statement, (role, claims, sub, role, timeout_ms)
                 )
         except (asyncpg.PostgresError, *CONNECTION_ERRORS) as exc:
             raise translate(exc, admin=run_as.admin) from exc
+        finally:
+            if waiting:
+                self.waiting -= 1
 
     async def _in_transaction(
         self, conn: Any, statement: Statement, settings: tuple[str, ...]

@@ -15,7 +15,7 @@ from typing import Any
 from authsvc.config import Settings
 from authsvc.data.compiler import Compiler
 from authsvc.data.limits import Limits
-from authsvc.data.pool import PoolSettings, create_pool
+from authsvc.data.pool import PoolSettings, behind_transaction_pooler, create_pool
 from authsvc.data.runner import ADMIN_ROLE, ANON_ROLE, Runner
 from authsvc.data.schema import SchemaCache
 
@@ -54,6 +54,26 @@ class Database:
         self.schema: SchemaCache | None = None
         self.compiler: Compiler | None = None
         self.runner: Runner | None = None
+
+    @property
+    def pooled(self) -> bool:
+        """True behind a transaction pooler (no prepared statements)."""
+        return behind_transaction_pooler(self._pool_settings.dsn)
+
+    @property
+    def max_connections(self) -> int:
+        return self._pool_settings.max_size
+
+    def connections(self) -> int:
+        return int(self._pool.get_size()) if self._pool is not None else 0
+
+    def connections_in_use(self) -> int:
+        if self._pool is None:
+            return 0
+        return int(self._pool.get_size() - self._pool.get_idle_size())
+
+    def requests_waiting(self) -> int:
+        return self.runner.waiting if self.runner is not None else 0
 
     async def open(self) -> None:
         settings = self._settings

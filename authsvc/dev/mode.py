@@ -20,6 +20,7 @@ from authsvc.server import AuthsvcServer, wait_for_stop_signal
 logger = logging.getLogger(__name__)
 
 DEV_LISTEN_ADDR = "localhost:50051"
+DEV_METRICS_ADDR = "localhost:9091"
 OTHER_USER_ID = "33333333-3333-3333-3333-333333333333"
 DEV_CALLER = "dev"
 CALLER_KEY_FILE = "caller-key"
@@ -43,6 +44,10 @@ async def run_dev(environ: Mapping[str, str]) -> None:
     # Dev mode may run with admin mode on: loopback only, unless asked.
     overrides.setdefault(
         "AUTHSVC_LISTEN_ADDR", environ.get("AUTHSVC_LISTEN_ADDR", DEV_LISTEN_ADDR)
+    )
+    overrides.setdefault(
+        "AUTHSVC_METRICS_ADDR",
+        environ.get("AUTHSVC_METRICS_ADDR", DEV_METRICS_ADDR),
     )
     embedded = None
     if not environ.get("DATABASE_URL"):

@@ -1,9 +1,11 @@
-"""Log set-up: one event per line, key=value pairs, to stderr.
+"""Log set-up: one event per line, JSON on stdout for `serve`.
 
 Loggers live under `authsvc.*`, one per module. Messages carry key=value
-pairs built with lazy %-arguments; tokens, keys and secrets are never passed
-to a logger. During an RPC, `bind_call` adds the method and the caller's name
-to every event, so no module passes them around.
+pairs built with lazy %-arguments (readable in `text` and `human` formats),
+and events with data for machines pass it in `extra=` too, which the JSON
+format turns into fields. During an RPC, `bind_call` adds the method, caller,
+request id, peer and trace id to every event, so no module passes them
+around. Tokens, keys and secrets are never passed to a logger.
 """
 
 from __future__ import annotations
@@ -12,34 +14,58 @@ import logging
 import sys
 from contextvars import ContextVar, Token
 
-LOG_FORMAT = "%(asctime)s level=%(levelname)s logger=%(name)s %(message)s%(call)s"
+from pythonjsonlogger.core import RESERVED_ATTRS
+from pythonjsonlogger.json import JsonFormatter
+
+TEXT_FORMAT = "%(asctime)s level=%(levelname)s logger=%(name)s %(message)s%(call)s"
 HUMAN_FORMAT = "%(asctime)s %(levelname)-7s %(message)s%(call)s"
 HUMAN_DATE_FORMAT = "%H:%M:%S"
 
-_CALL: ContextVar[str] = ContextVar("authsvc_log_call", default="")
+_CALL: ContextVar[tuple[tuple[str, str], ...]] = ContextVar(
+    "authsvc_log_call", default=()
+)
 
 
-def bind_call(**fields: str) -> Token[str]:
-    """Add key=value pairs to every event of the current call (task)."""
-    return _CALL.set("".join(f" {key}={value}" for key, value in fields.items()))
+def bind_call(**fields: str) -> Token[tuple[tuple[str, str], ...]]:
+    """Add fields to every event of the current call (task)."""
+    return _CALL.set(tuple(fields.items()))
 
 
-def unbind_call(token: Token[str]) -> None:
+def unbind_call(token: Token[tuple[tuple[str, str], ...]]) -> None:
     _CALL.reset(token)
 
 
 class _CallFields(logging.Filter):
+    """Merges the bound call fields into each record: as record attributes
+    (JSON fields) and as one ` key=value…` string for the text formats."""
+
     def filter(self, record: logging.LogRecord) -> bool:
-        record.call = _CALL.get()
+        fields = _CALL.get()
+        record.call = "".join(f" {key}={value}" for key, value in fields)
+        for key, value in fields:
+            if not hasattr(record, key):
+                setattr(record, key, value)
         return True
 
 
-def configure_logging(level: str, *, human: bool = False) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if human:
+def configure_logging(level: str, log_format: str = "json") -> None:
+    """`json` (stdout, for Fly), `text` (key=value, stderr) or `human` (dev)."""
+    if log_format == "json":
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(
+            JsonFormatter(
+                ["levelname", "name", "message"],
+                rename_fields={"levelname": "level", "name": "logger"},
+                timestamp="time",
+                reserved_attrs=[*RESERVED_ATTRS, "taskName", "call"],
+            )
+        )
+    elif log_format == "human":
+        handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(HUMAN_FORMAT, HUMAN_DATE_FORMAT))
     else:
-        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
     handler.addFilter(_CallFields())
     root = logging.getLogger()
     root.handlers[:] = [handler]

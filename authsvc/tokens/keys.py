@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -170,6 +171,15 @@ class KeySet:
         self._inflight: asyncio.Task[None] | None = None
         self._last_error: str | None = None
         self._usable = asyncio.Event()
+        # Told the result of every fetch (for metrics).
+        self.on_fetch: Callable[[bool], None] | None = None
+
+    @property
+    def age_seconds(self) -> float:
+        """Seconds since the last successful fetch; NaN before the first."""
+        if self._fetched_at is None:
+            return math.nan
+        return self._clock() - self._fetched_at
 
     @property
     def loaded(self) -> bool:
@@ -266,6 +276,8 @@ class KeySet:
         try:
             keys = await self._fetch()
         except _FetchFailed as exc:
+            if self.on_fetch is not None:
+                self.on_fetch(False)
             self._last_error = str(exc)
             if self._fetched_at is not None:
                 logger.warning(
@@ -284,6 +296,8 @@ class KeySet:
             self._finished_at = self._clock()
             self._inflight = None
 
+        if self.on_fetch is not None:
+            self.on_fetch(True)
         added = keys.keys() - self._keys.keys()
         removed = self._keys.keys() - keys.keys()
         self._keys = keys

@@ -26,6 +26,7 @@ from jwt.utils import base64url_decode, base64url_encode
 
 from authsvc.errors import (
     AnonymousNotAllowed,
+    AuthsvcError,
     Reason,
     TokenMissing,
     TokenRejected,
@@ -125,6 +126,8 @@ class TokenVerifier:
         )
         self._clock = clock
         self._warned_missing: set[str] = set()
+        # Told each outcome: None when accepted, else the reason (for metrics).
+        self.on_result: Callable[[str | None], None] | None = None
 
     @property
     def ready(self) -> bool:
@@ -137,6 +140,17 @@ class TokenVerifier:
         self, token: str, *, reject_anonymous: bool = False
     ) -> VerifiedToken:
         """Verify `token`; raise a `TokenRejected` (or another AuthsvcError)."""
+        try:
+            verified = await self._verify(token, reject_anonymous=reject_anonymous)
+        except AuthsvcError as exc:
+            if self.on_result is not None:
+                self.on_result(exc.reason.value)
+            raise
+        if self.on_result is not None:
+            self.on_result(None)
+        return verified
+
+    async def _verify(self, token: str, *, reject_anonymous: bool) -> VerifiedToken:
         if not token:
             raise TokenMissing()
         if len(token) > self.max_token_bytes or (
