@@ -195,6 +195,14 @@ class Settings(BaseModel):
         ge=0,
         alias="AUTHSVC_CALLER_REQUESTS_PER_SECOND",
     )
+
+    @field_validator("caller_requests_per_second")
+    @classmethod
+    def _check_rate(cls, value: float) -> float:
+        if 0 < value < 1 / 3600:
+            raise ValueError("must be 0 (no limit) or at least one an hour")
+        return value
+
     max_request_bytes: int = Field(
         default=DEFAULT_MAX_REQUEST_BYTES,
         ge=64 * 1024,

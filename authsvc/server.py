@@ -22,7 +22,8 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Callable, Sequence
+import stat
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,7 @@ KEY_RETRY_MIN_SECONDS = 1.0
 KEY_RETRY_MAX_SECONDS = 30.0
 HTTP_CONNECT_TIMEOUT_SECONDS = 3.0
 CALLERS_POLL_SECONDS = 1.0
+MAX_CALLERS_FILE_BYTES = 1024 * 1024
 
 OVERALL_HEALTH = ""
 
@@ -286,7 +288,7 @@ class AuthsvcServer:
             READINESS_PATH,
         )
 
-    def reload_callers(self, trigger: str = "SIGHUP") -> bool:
+    async def reload_callers(self, trigger: str = "SIGHUP") -> bool:
         """Reread the callers file; on any problem keep the current callers."""
         if self.settings.callers_file is None:
             logger.warning(
@@ -296,19 +298,36 @@ class AuthsvcServer:
             return False
         self._callers_stamp = _file_stamp(self.settings.callers_file)
         try:
-            callers = load_callers(self.settings)
+            # In a thread: a slow disk (or a FIFO swapped in) never stalls calls.
+            callers = await asyncio.to_thread(load_callers, self.settings)
         except ConfigError as exc:
-            logger.error("callers not reloaded; keeping the current ones: %s", exc)
+            logger.error(
+                "callers not reloaded; keeping the current ones trigger=%s: %s",
+                trigger,
+                exc,
+            )
+            return False
+        except Exception:
+            logger.exception(
+                "callers not reloaded; keeping the current ones trigger=%s", trigger
+            )
             return False
         self.gate.replace(callers)
         logger.info("callers reloaded callers=%d trigger=%s", len(callers), trigger)
         return True
 
     async def _watch_callers_file(self) -> None:
+        path = self.settings.callers_file
         while True:
             await asyncio.sleep(CALLERS_POLL_SECONDS)
-            if _file_stamp(self.settings.callers_file) != self._callers_stamp:
-                self.reload_callers("file-change")
+            stamp = _file_stamp(path)
+            if stamp == self._callers_stamp:
+                continue
+            # A file written in place is read only once it stops changing, so
+            # a half-written one (a caller without its narrowing) is never used.
+            await asyncio.sleep(CALLERS_POLL_SECONDS)
+            if _file_stamp(path) == stamp:
+                await self.reload_callers("file-change")
 
     def _bind(self, address: str) -> int:
         try:
@@ -370,11 +389,7 @@ def load_callers(settings: Settings) -> CallerSet:
     text = ""
     if settings.callers_file is not None:
         source = f"AUTHSVC_CALLERS_FILE={settings.callers_file}"
-        try:
-            with open(settings.callers_file, encoding="utf-8") as file:
-                text = file.read()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{source}: cannot read it ({exc})") from None
+        text = _read_callers_file(settings.callers_file, source)
     elif settings.callers is not None:
         text = settings.callers.get_secret_value()
     try:
@@ -397,6 +412,21 @@ def load_callers(settings: Settings) -> CallerSet:
             "port verify tokens and query as a user"
         )
     return callers
+
+
+def _read_callers_file(path: str, source: str) -> str:
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"{source}: cannot read it (not a regular file)")
+        if info.st_size > MAX_CALLERS_FILE_BYTES:
+            raise ConfigError(
+                f"{source}: cannot read it (larger than {MAX_CALLERS_FILE_BYTES} bytes)"
+            )
+        with open(path, encoding="utf-8") as file:
+            return file.read(MAX_CALLERS_FILE_BYTES + 1)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{source}: cannot read it ({exc})") from None
 
 
 def _server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
@@ -445,12 +475,22 @@ async def serve(settings: Settings) -> None:
     await server.stop()
 
 
-async def wait_for_stop_signal(on_reload: Callable[[], object] | None = None) -> None:
+async def wait_for_stop_signal(
+    on_reload: Callable[[], Awaitable[object]] | None = None,
+) -> None:
     """Return on the first SIGTERM/SIGINT; a second one exits at once.
-    SIGHUP calls `on_reload` (the callers file is reread)."""
+    SIGHUP runs `on_reload` (the callers file is reread)."""
     loop = asyncio.get_running_loop()
+    reloads: set[asyncio.Task[object]] = set()
     if on_reload is not None:
-        loop.add_signal_handler(signal.SIGHUP, on_reload)
+        reload = on_reload
+
+        def on_hangup() -> None:
+            task = asyncio.ensure_future(reload())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_hangup)
     stopping = asyncio.Event()
 
     def on_signal(signum: int) -> None:

@@ -18,6 +18,24 @@ HASH = hash_key(KEY)
     ("text", "expected"),
     [
         ("[callers.a\n", "not valid TOML"),
+        ("x = " + "[" * 5000 + "]" * 5000, "nested too deeply"),
+        (
+            f'[callers.unauthenticated]\nkey_hashes = ["{HASH}"]\nscopes = ["data:read"]\n',
+            "reserved",
+        ),
+        (
+            f'[callers.{KEY}]\nkey_hashes = ["{HASH}"]\nscopes = ["data:read"]\n',
+            "asvc_…",
+        ),
+        (
+            f'[callers.a]\nkey_hashes = ["{HASH}"]\nscopes = ["data:read"]\n{KEY} = 1\n',
+            "asvc_…",
+        ),
+        (
+            f'[callers.a]\nkey_hashes = ["{HASH}"]\nscopes = ["data:read"]\n'
+            "requests_per_second = 1e-320\n",
+            "requests_per_second",
+        ),
         (
             '[callers.a]\nscopes = ["tokens:verify"]\n',
             "neither key_hashes nor tls_names",
@@ -50,6 +68,11 @@ HASH = hash_key(KEY)
     ],
     ids=[
         "toml",
+        "nested-too-deeply",
+        "reserved-name",
+        "key-as-name",
+        "key-as-field",
+        "tiny-rate",
         "no-identity",
         "no-scopes",
         "unknown-scope",

@@ -447,9 +447,9 @@ async def test_a_broken_callers_file_keeps_the_callers_in_use(
     )
 
     _write(callers_file, "[callers.app\nkey_hashes = oops")
-    assert running.server.reload_callers() is False
+    assert await running.server.reload_callers() is False
     _write(callers_file, '[callers.app]\nkey_hashes = ["asvc_a-raw-key"]\nscopes=[]')
-    assert running.server.reload_callers() is False
+    assert await running.server.reload_callers() is False
 
     assert await _verify_with(running.target, OLD_KEY, keys) is None
     assert "callers not reloaded" in caplog.text
@@ -556,3 +556,27 @@ async def test_network_allowlist_checks_the_peer_but_not_health(
             "NETWORK_NOT_ALLOWED",
         )
     assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest.mark.parametrize(
+    ("networks", "allowed"), [("::1/128", True), ("fdaa::/16", False)]
+)
+async def test_network_allowlist_matches_ipv6_peers(
+    start_server: StartServer,
+    jwks: JwksStub,
+    keys: Keys,
+    networks: str,
+    allowed: bool,
+) -> None:
+    running = await start_server(
+        jwks, AUTHSVC_LISTEN_ADDR="[::1]:0", AUTHSVC_ALLOWED_NETWORKS=networks
+    )
+    target = f"[::1]:{running.server.port}"
+
+    refusal = await _verify_with(target, TEST_CALLER_KEY, keys)
+
+    if allowed:
+        assert refusal is None
+    else:
+        assert refusal is not None
+        assert refusal.reason == "NETWORK_NOT_ALLOWED"

@@ -1582,3 +1582,42 @@ async def test_a_nul_in_the_token_subject_is_an_invalid_claim(data: Data) -> Non
         "INVALID_CLAIM",
         "sub",
     )
+
+
+async def test_reads_run_read_only_so_a_lying_function_or_view_cannot_write(
+    data: Data,
+) -> None:
+    await data.db.execute_as_superuser(
+        """
+        CREATE OR REPLACE FUNCTION public.sneaky_write() RETURNS int
+        LANGUAGE sql VOLATILE AS $$
+          INSERT INTO public.accounts (id, email) VALUES (666, 'sneaky@x') RETURNING id
+        $$;
+        CREATE OR REPLACE FUNCTION public.looks_stable() RETURNS int
+        LANGUAGE sql STABLE AS $$ SELECT public.sneaky_write() $$;
+        CREATE OR REPLACE VIEW public.sneaky_view AS
+          SELECT public.sneaky_write() AS id;
+        GRANT EXECUTE ON FUNCTION public.sneaky_write(), public.looks_stable()
+          TO authenticated, service_role;
+        GRANT SELECT ON public.sneaky_view TO authenticated, service_role;
+        """
+    )
+    await data.stub.ReloadSchema(data_pb2.ReloadSchemaRequest(mode=ADMIN), timeout=10)
+
+    stable = await refusal(
+        data.stub.Call, data_pb2.CallRequest(mode=data.user(), function="looks_stable")
+    )
+    view = await refusal(
+        data.stub.Select,
+        data_pb2.SelectRequest(mode=ADMIN, target=data_pb2.Target(table="sneaky_view")),
+    )
+
+    for result in (stable, view):
+        assert (result.code, result.reason) == (
+            grpc.StatusCode.PERMISSION_DENIED,
+            "INSUFFICIENT_PRIVILEGE",
+        )
+    written = await data.db.fetch_as_superuser(
+        "SELECT count(*) AS n FROM public.accounts WHERE id = 666"
+    )
+    assert written[0]["n"] == 0

@@ -21,6 +21,7 @@ message that names the caller and the field.
 from __future__ import annotations
 
 import hmac
+import re
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +34,9 @@ from authsvc.errors import PermissionDenied, Reason
 
 MAX_CALLER_NAME_CHARS = 64
 NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.")
+# One request an hour; below that a limiter's wait is not a useful number.
+MIN_REQUESTS_PER_SECOND = 1 / 3600
+_KEY_TEXT = re.compile(re.escape(KEY_PREFIX) + r"[A-Za-z0-9_-]+")
 
 
 class CallerConfigError(Exception):
@@ -49,6 +53,15 @@ class _CallerModel(BaseModel):
     admin_functions: tuple[str, ...] | None = None
     max_concurrent: int | None = Field(default=None, ge=1, le=100_000)
     requests_per_second: float | None = Field(default=None, ge=0)
+
+    @field_validator("requests_per_second")
+    @classmethod
+    def _check_rate(cls, value: float | None) -> float | None:
+        if value is not None and 0 < value < MIN_REQUESTS_PER_SECOND:
+            raise ValueError(
+                f"must be 0 (no limit) or at least {MIN_REQUESTS_PER_SECOND}"
+            )
+        return value
 
     @field_validator("key_hashes")
     @classmethod
@@ -141,7 +154,17 @@ class CallerSet:
     @classmethod
     def parse(cls, text: str) -> CallerSet:
         try:
+            return cls._parse(text)
+        except CallerConfigError as exc:
+            # A key pasted in the wrong place must not reach a log line.
+            raise CallerConfigError(_KEY_TEXT.sub("asvc_…", str(exc))) from None
+
+    @classmethod
+    def _parse(cls, text: str) -> CallerSet:
+        try:
             document = tomllib.loads(text)
+        except RecursionError:
+            raise CallerConfigError("not valid TOML: nested too deeply") from None
         except tomllib.TOMLDecodeError as exc:
             hint = ""
             if text.strip().startswith(("/", "./")):
@@ -216,6 +239,11 @@ def _pairs(
 
 
 def _check_name(name: str) -> None:
+    if name == UNAUTHENTICATED_CALLER.name:
+        raise CallerConfigError(
+            f"caller name {name!r} is reserved for calls without a key "
+            "(AUTHSVC_ALLOW_UNAUTHENTICATED); choose another"
+        )
     if not name or len(name) > MAX_CALLER_NAME_CHARS or not set(name) <= NAME_CHARS:
         raise CallerConfigError(
             f"caller name {name[:MAX_CALLER_NAME_CHARS]!r} must be 1-64 of a-z, 0-9, "

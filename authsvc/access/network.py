@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
+from urllib.parse import unquote
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -20,8 +21,9 @@ def parse_networks(items: Sequence[str]) -> tuple[Network, ...]:
 
 
 def peer_address(peer: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The IP in a gRPC peer string (`ipv4:1.2.3.4:5`, `ipv6:[::1]:5`)."""
-    kind, _, rest = peer.partition(":")
+    """The IP in a gRPC peer string (`ipv4:1.2.3.4:5`, `ipv6:[::1]:5`; gRPC
+    sends the brackets percent-encoded, `ipv6:%5B::1%5D:5`)."""
+    kind, _, rest = unquote(peer).partition(":")
     if kind == "ipv4":
         host = rest.rpartition(":")[0]
     elif kind == "ipv6":

@@ -121,7 +121,11 @@ class Compiler:
         others = ("fetched", "total") if query.count else ("fetched",)
         sql = self._size_guarded(ctes, result, others, params)
         return Statement(
-            sql, params.values, "rows", extra={"cap": cap, "capped": capped}
+            sql,
+            params.values,
+            "rows",
+            extra={"cap": cap, "capped": capped},
+            read_only=True,
         )
 
     async def _insert(self, query: Insert) -> Statement:
@@ -226,6 +230,7 @@ class Compiler:
                 params.values,
                 "call",
                 extra={"void": True, "volatile": function.volatile},
+                read_only=not function.volatile,
             )
         if function.returns_set:
             result = (
@@ -236,7 +241,11 @@ class Compiler:
             result = f"SELECT to_json({call})::text AS rows_json"
         sql = self._size_guarded("", result, (), params)
         return Statement(
-            sql, params.values, "call", extra={"volatile": function.volatile}
+            sql,
+            params.values,
+            "call",
+            extra={"volatile": function.volatile},
+            read_only=not function.volatile,
         )
 
     def _write(

@@ -35,6 +35,10 @@ _BY_SQLSTATE: dict[str, tuple[type[AuthsvcError], Reason]] = {
     "23502": (FailedPrecondition, Reason.NOT_NULL_VIOLATION),
     "23P01": (FailedPrecondition, Reason.EXCLUSION_VIOLATION),
     "42501": (PermissionDenied, Reason.INSUFFICIENT_PRIVILEGE),
+    # A read (Select, or a STABLE function) that tried to write: the
+    # transaction is READ ONLY, so a view or function cannot write behind
+    # the caller's data:read scope.
+    "25006": (PermissionDenied, Reason.INSUFFICIENT_PRIVILEGE),
     "57014": (DeadlineExceeded, Reason.STATEMENT_TIMEOUT),
 }
 # Connection-level trouble: the database or the pooler is not there.

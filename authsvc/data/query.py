@@ -118,3 +118,5 @@ class Statement:
     require_affected: bool = False
     max_affected: int = 0
     extra: dict[str, object] = field(default_factory=dict)
+    # Run in a READ ONLY transaction: nothing it calls may write.
+    read_only: bool = False

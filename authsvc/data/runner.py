@@ -140,7 +140,7 @@ class Runner:
     async def _in_transaction(
         self, conn: Any, statement: Statement, settings: tuple[str, ...]
     ) -> Result:
-        async with conn.transaction():
+        async with conn.transaction(readonly=statement.read_only):
             await conn.execute(_SETUP_SQL, *settings)
             row = await conn.fetchrow(statement.sql, *statement.params)
             # Raised inside the transaction, so a refused write rolls back.
