@@ -1,4 +1,4 @@
-"""The `authsvc` command: serve, dev, token, verify, caller-key."""
+"""The `authsvc` command: serve, dev, token, verify, caller-key, check."""
 
 from __future__ import annotations
 
