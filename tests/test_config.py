@@ -150,13 +150,11 @@ def test_transaction_pooler_is_detected_by_port_or_flag(dsn: str, pooled: bool) 
 def test_pgbouncer_flag_is_not_sent_to_the_server_and_passwords_are_not_logged() -> (
     None
 ):
-    from authsvc.data.pool import _driver_dsn, redacted
+    from authsvc.data.pool import driver_dsn, redacted
 
     dsn = "postgresql://u:hunter2@127.0.0.1:6432/db?pgbouncer=true&sslmode=disable"
 
-    assert (
-        _driver_dsn(dsn) == "postgresql://u:hunter2@127.0.0.1:6432/db?sslmode=disable"
-    )
+    assert driver_dsn(dsn) == "postgresql://u:hunter2@127.0.0.1:6432/db?sslmode=disable"
     assert "hunter2" not in redacted(dsn)
 
 

@@ -42,7 +42,7 @@ def behind_transaction_pooler(dsn: str) -> bool:
     return parts.port == TRANSACTION_POOLER_PORT
 
 
-def _driver_dsn(dsn: str) -> str:
+def driver_dsn(dsn: str) -> str:
     """The DSN without `pgbouncer=` (asyncpg would send it as a server setting)."""
     parts = urlsplit(dsn)
     query = [(k, v) for k, v in parse_qsl(parts.query) if k != PGBOUNCER_PARAM]
@@ -78,7 +78,7 @@ async def create_pool(settings: PoolSettings) -> Any:
             "transaction pooler detected; prepared statements disabled dsn=%s",
             redacted(settings.dsn),
         )
-    pool = await asyncpg.create_pool(_driver_dsn(settings.dsn), **options)
+    pool = await asyncpg.create_pool(driver_dsn(settings.dsn), **options)
     logger.info(
         "pool ready dsn=%s min=%d max=%d pooler=%s",
         redacted(settings.dsn),

@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 HEALTH_INTERVAL_SECONDS = 2.0
 HEALTH_TIMEOUT_SECONDS = 2.0
 POOL_MIN_SIZE = 0
-_ROLES_SQL = """
+ROLES_SQL = """
 SELECT r.name,
        coalesce(pg_has_role(current_user, ro.oid, 'MEMBER'), false) AS member
 FROM unnest($1::text[]) AS r(name)
@@ -147,7 +147,7 @@ class Database:
         )
         try:
             async with self._acquire() as connection:
-                rows = await connection.fetch(_ROLES_SQL, needed)
+                rows = await connection.fetch(ROLES_SQL, needed)
         except Exception as exc:  # reported as health, never raised
             logger.warning("role check failed error=%s: %s", type(exc).__name__, exc)
             return False
