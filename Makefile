@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck protos install clean pgbouncer
+.PHONY: run test lint typecheck protos install clean pgbouncer image-check
 
 run: install ## set up, then start `authsvc dev` (local issuer, no Supabase needed)
 	$(BIN)/authsvc dev
@@ -21,6 +21,13 @@ pgbouncer:
 		apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer; \
 	} || echo "warning: pgbouncer missing; install it with: apt-get install -y pgbouncer" >&2
+
+# The Dockerfile's build steps without Docker: build the wheel from the files
+# the image copies, install it in a fresh virtualenv outside the tree, start
+# `authsvc serve` from there and probe it. Needs only Python and PyPI; it does
+# not use .venv, so the dev tools cannot hide a missing runtime dependency.
+image-check: ## build, install and run the wheel the way the image does
+	$(PYTHON) scripts/image_check.py
 
 lint: install
 	$(BIN)/ruff check .
