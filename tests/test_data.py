@@ -62,6 +62,16 @@ CREATE FUNCTION public.whoami() RETURNS jsonb LANGUAGE sql STABLE AS $$
 $$;
 GRANT EXECUTE ON FUNCTION public.whoami() TO anon, authenticated, service_role;
 
+-- Counts its own runs within a transaction: a Call must run it once.
+CREATE FUNCTION public.count_runs() RETURNS int LANGUAGE sql STABLE AS $$
+  SELECT set_config(
+    'authsvc_test.runs',
+    (coalesce(nullif(current_setting('authsvc_test.runs', true), ''), '0')::int + 1)::text,
+    true
+  )::int
+$$;
+GRANT EXECUTE ON FUNCTION public.count_runs() TO service_role;
+
 CREATE FUNCTION public.slow(seconds float8) RETURNS int LANGUAGE sql AS $$
   SELECT 1 FROM pg_sleep(seconds)
 $$;
@@ -364,6 +374,16 @@ async def test_whoami_shows_the_role_and_claims_each_mode_runs_with(data: Data) 
         UID_B,
     )
     assert (anon["role"], anon["uid"]) == ("anon", None)
+
+
+async def test_a_call_runs_the_function_once(data: Data) -> None:
+    """The size guard reads the result three times; it must not run the
+    function three times (which would also triple its cost)."""
+    response = await data.stub.Call(
+        data_pb2.CallRequest(mode=ADMIN, function="count_runs"), timeout=10
+    )
+
+    assert json.loads(response.result_json) == 1
 
 
 async def test_user_cannot_insert_a_row_for_someone_else(data: Data) -> None:

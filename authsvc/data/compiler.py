@@ -293,8 +293,10 @@ class Compiler:
         limit = params.add(self.max_result_bytes)
         rest = "".join(f", o.{name}" for name in others)
         with_clause = f"{ctes}, " if ctes else "WITH "
+        # MATERIALIZED: the result is read three times below; inlined, the
+        # JSON (and any function it calls) would be computed three times.
         return (
-            f'{with_clause}"authsvc_out" AS ({result}) '
+            f'{with_clause}"authsvc_out" AS MATERIALIZED ({result}) '
             f"SELECT CASE WHEN octet_length(o.rows_json) > {limit} THEN NULL "
             f"ELSE o.rows_json END AS rows_json, octet_length(o.rows_json) AS size"
             f'{rest} FROM "authsvc_out" AS o'
