@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import pwd
 import shutil
@@ -22,7 +21,6 @@ import socket
 import tempfile
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 from tests.support.postgres import LOGIN_ROLE, _admin_parts
 
@@ -30,7 +28,6 @@ INSTALL_HINT = "apt-get install -y pgbouncer"
 RUN_AS = "postgres"  # OS user PgBouncer runs as when we are root
 START_TIMEOUT_SECONDS = 10.0
 STOP_TIMEOUT_SECONDS = 5.0
-_PR_SET_PDEATHSIG = 1
 
 
 class PgBouncerError(RuntimeError):
@@ -57,13 +54,22 @@ def _free_port() -> int:
         return port
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: get SIGTERM when the parent thread dies.
+def _launcher() -> list[str]:
+    """util-linux's setpriv: switch to the postgres user when we are root and
+    ask for SIGTERM when our thread dies, then exec PgBouncer.
 
-    Runs after the switch to the postgres user (which would clear it).
+    A `preexec_fn` could do the same, but it runs Python between fork and
+    exec in a process whose gRPC threads are gone; gRPC's fork handlers then
+    abort the child now and again (seen: "epoll_wait error: Bad file
+    descriptor", status -6). Without one, no Python runs in the child.
     """
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        raise PgBouncerError("setpriv (util-linux) is needed to start PgBouncer")
+    command = [setpriv, "--pdeathsig", "TERM"]
+    if os.geteuid() == 0:
+        command += ["--reuid", RUN_AS, "--regid", RUN_AS, "--clear-groups"]
+    return command
 
 
 class PgBouncer:
@@ -182,19 +188,15 @@ class PgBouncer:
         # A stale pidfile from a killed process would stop it from starting.
         (self._dir / "pgbouncer.pid").unlink(missing_ok=True)
 
-        kwargs: dict[str, Any] = {}
-        if os.geteuid() == 0:
-            kwargs.update(user=RUN_AS, group=RUN_AS, extra_groups=[])
         with self._stderr_path.open("ab") as stderr:
             self._process = await asyncio.create_subprocess_exec(
+                *_launcher(),
                 binary,
                 str(ini),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=stderr,
                 stderr=stderr,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
-                **kwargs,
             )
 
         deadline = asyncio.get_running_loop().time() + START_TIMEOUT_SECONDS
