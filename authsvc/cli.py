@@ -318,17 +318,21 @@ def _caller_key(args: argparse.Namespace) -> int:
         print(f"authsvc: {exc}", file=sys.stderr)
         return EXIT_CONFIG
 
-    print(
-        f"authsvc: the key for {args.name} (give it to that app, e.g. as a Fly "
-        f"secret; it sends 'authorization: Bearer <key>'):\n{key}",
-        file=sys.stderr,
-    )
     if Scope.DATA_ADMIN.value in scopes and not narrowed:
         print(
             "authsvc: warning: data:admin on every table and function bypasses "
             "row-level security; narrow it with --admin-table/--admin-function",
             file=sys.stderr,
         )
+    # The key is the last line on stderr, alone when stderr is not a terminal,
+    # so `2>key.txt` or `2>&1 >>callers.toml | tail -1` captures just the key.
+    if sys.stderr.isatty():
+        print(
+            f"authsvc: the key for {args.name} (give it to that app, e.g. as a "
+            "Fly secret; it sends 'authorization: Bearer <key>'):",
+            file=sys.stderr,
+        )
+    print(key, file=sys.stderr)
     print(toml, end="")
     return 0
 

@@ -470,7 +470,13 @@ def _status(serving: bool) -> Any:
 async def serve(settings: Settings) -> None:
     """Run one server until SIGTERM or SIGINT, then shut down gracefully."""
     server = AuthsvcServer(settings)
-    await server.start()
+    try:
+        await server.start()
+    except BaseException:
+        # Release what start() had opened (the gRPC port, the pool) before
+        # the error reaches the CLI, so the process exits cleanly.
+        await server.stop()
+        raise
     await wait_for_stop_signal(on_reload=server.reload_callers)
     await server.stop()
 

@@ -28,6 +28,7 @@ from authsvc.ops.check import (
     Status,
     check_config,
     check_fly,
+    check_listen,
     check_pool_size,
     check_pooler,
     check_region,
@@ -175,6 +176,8 @@ async def test_good_deployment_passes_every_check_but_the_unknowable_region(
     assert set(results) == {
         "config",
         "fly.toml",
+        "listen.listen_addr",
+        "listen.metrics_addr",
         "region",
         "pooler",
         "pooler.direct_url",
@@ -963,6 +966,58 @@ def test_fly_toml_env_counts_as_the_machine_environment(tmp_path: Path) -> None:
 
     assert result.status is Status.FAIL
     assert "20s grace" in result.detail
+
+
+@pytest.mark.parametrize(
+    ("listen_value", "shell", "check", "expected"),
+    [
+        (
+            '"127.0.0.1:50051"',
+            {},
+            "listen.listen_addr",
+            "127.0.0.1:50051 (from fly.toml [env]) is loopback only",
+        ),
+        (
+            '"[::]:50051"',
+            {"AUTHSVC_LISTEN_ADDR": "0.0.0.0:50051"},
+            "listen.listen_addr",
+            "0.0.0.0:50051 (from the environment) is IPv4 only",
+        ),
+        (
+            '"[::]:50051"\n  AUTHSVC_METRICS_ADDR = "localhost:9091"',
+            {},
+            "listen.metrics_addr",
+            "localhost:9091 (from fly.toml [env]) is loopback only",
+        ),
+        (
+            '"[::]:50051"\n  AUTHSVC_METRICS_ADDR = "[::]:9091"',
+            {"AUTHSVC_METRICS_ADDR": "[::1]:9091"},
+            "listen.metrics_addr",
+            "[::1]:9091 (from the environment) is loopback only",
+        ),
+    ],
+    ids=["grpc-loopback-env", "grpc-ipv4-shell", "ops-localhost", "shell-wins"],
+)
+def test_an_address_other_machines_cannot_reach_fails_naming_its_source(
+    tmp_path: Path, listen_value: str, shell: dict[str, str], check: str, expected: str
+) -> None:
+    """`listen_value` replaces the value of fly.toml's AUTHSVC_LISTEN_ADDR
+    (and may add lines after it)."""
+    fly = fly_variant(tmp_path, '"[::]:50051"', listen_value)
+
+    result = row(check_listen(deployment(fly, **shell)), check)
+
+    assert result.status is Status.FAIL
+    assert expected in result.detail
+    assert "[::]:" in result.fix
+
+
+def test_the_default_addresses_pass_the_listen_rows(fly_toml: Path) -> None:
+    results = check_listen(deployment(fly_toml))
+
+    assert [r.status for r in results] == [Status.PASS, Status.PASS]
+    assert "[::]:50051 (from fly.toml [env])" in results[0].detail
+    assert "[::]:9091 (the default)" in results[1].detail
 
 
 def test_fly_toml_metrics_with_the_metrics_port_off_fails(fly_toml: Path) -> None:

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from authsvc.v1 import auth_pb2, auth_pb2_grpc, data_pb2
 from tests.conftest import Keys, Running, StartServer
-from tests.support.callers import caller_channel
+from tests.support.callers import caller_channel, callers_toml
 from tests.support.jwks_stub import JwksStub
 from tests.support.pgbouncer import PgBouncer
 from tests.support.postgres import TestDatabase
@@ -101,6 +101,34 @@ async def test_rpc_verification_and_jwks_metrics_count_real_calls(
     assert _value(samples, "process_resident_memory_bytes") > 0
 
 
+async def test_a_call_refused_by_a_limit_is_counted_under_its_caller(
+    start_server: StartServer, jwks: JwksStub, keys: Keys
+) -> None:
+    key = "asvc_rated-metrics-key-0123456789abcdef"
+    running = await start_server(
+        jwks,
+        AUTHSVC_CALLERS=callers_toml(
+            ("rated", key, ["tokens:verify"]), requests_per_second="1"
+        ),
+    )
+    async with caller_channel(running.target, key) as channel:
+        request = auth_pb2.VerifyTokenRequest(token=es256(keys.ec1))
+        await auth_stub(channel).VerifyToken(request, timeout=5)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await auth_stub(channel).VerifyToken(request, timeout=5)
+
+    samples = await _samples(running)
+
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    rpcs = "authsvc_rpcs_total"
+    exhausted = "RESOURCE_EXHAUSTED"
+    assert _value(samples, rpcs, method="VerifyToken", caller="rated", code="OK") == 1
+    assert (
+        _value(samples, rpcs, method="VerifyToken", caller="rated", code=exhausted) == 1
+    )
+    assert _value(samples, rpcs, method="VerifyToken", caller="-", code=exhausted) == 0
+
+
 def auth_stub(channel: grpc.aio.Channel) -> auth_pb2_grpc.AuthServiceStub:
     return auth_pb2_grpc.AuthServiceStub(channel)
 
@@ -133,7 +161,7 @@ async def test_database_metrics_show_the_pool_pooler_and_query_latency(
         == 3
     )
     assert _value(samples, "authsvc_db_pooler", mode="transaction") == 1
-    assert _value(samples, "authsvc_db_pool_max") == 10
+    assert _value(samples, "authsvc_db_pool_max") == 7
     assert _value(samples, "authsvc_db_pool_connections") >= 1
     assert _value(samples, "authsvc_db_pool_in_use") == 0
     assert _value(samples, "authsvc_db_pool_waiting") == 0

@@ -175,6 +175,29 @@ async def test_c23_second_instance_on_the_same_port_fails_loudly(
     assert "SERVING" not in stderr.replace("NOT_SERVING", "")
 
 
+async def test_a_busy_operations_port_fails_start_up_cleanly(
+    jwks: JwksStub,
+) -> None:
+    """The gRPC port is already serving when the ops port is bound; failing
+    then must release it and exit 1 without a traceback."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        ops_port = busy.getsockname()[1]
+        port = free_port()
+        env = serve_env(jwks, port, AUTHSVC_METRICS_ADDR=f"127.0.0.1:{ops_port}")
+        process = await spawn("serve", env=env, port=port)
+
+        code, output = await process.finish(timeout=10)
+
+    assert code == 1
+    assert f"cannot listen on 127.0.0.1:{ops_port} for metrics" in output
+    assert "Traceback" not in output
+    assert "Event loop is closed" not in output
+    with socket.socket() as reuse:  # the gRPC port was released
+        reuse.bind(("127.0.0.1", port))
+
+
 @pytest.mark.parametrize(
     ("variable", "value"),
     [
@@ -412,8 +435,8 @@ def test_caller_key_prints_the_key_apart_from_the_toml_it_belongs_to() -> None:
         check=True,
     )
 
-    key = re.search(r"\basvc_[\w-]{43}\b", result.stderr)
-    assert key is not None
+    key = re.fullmatch(r"asvc_[\w-]{43}", result.stderr.splitlines()[-1])
+    assert key is not None, result.stderr
     callers = CallerSet.parse(result.stdout)
     caller = callers.by_key(key.group())
     assert caller is not None

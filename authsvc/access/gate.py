@@ -65,19 +65,36 @@ class Gate:
     def admit(
         self, *, authorization: Sequence[str], peer: str, tls_names: Sequence[str]
     ) -> Iterator[Caller]:
+        """Both steps at once, for callers that need not tell them apart."""
+        caller = self.recognise(
+            authorization=authorization, peer=peer, tls_names=tls_names
+        )
+        with self.limited(caller):
+            yield caller
+
+    def recognise(
+        self, *, authorization: Sequence[str], peer: str, tls_names: Sequence[str]
+    ) -> Caller:
+        """Step one: the network allowlist, then who is calling. Separate from
+        `limited` so a call refused by a limit is still logged under its caller."""
         if self._networks and not allowed(peer, self._networks):
             raise PermissionDenied(
                 Reason.NETWORK_NOT_ALLOWED,
                 "calls from this address are not allowed "
                 "(the operator sets AUTHSVC_ALLOWED_NETWORKS)",
             )
-        caller = self.identify(authorization, tls_names)
+        return self.identify(authorization, tls_names)
+
+    @contextmanager
+    def limited(self, caller: Caller) -> Iterator[None]:
+        """Step two: hold one of the caller's concurrency slots and one unit
+        of its rate for the duration of the block."""
         limiter = self._limiters.get(caller.name) or CallerLimiter(
             caller.name, *self._limits_of(caller)
         )
         limiter.acquire()
         try:
-            yield caller
+            yield
         finally:
             limiter.release()
 

@@ -115,13 +115,14 @@ def guarded_unary(
         await context.send_initial_metadata(((REQUEST_ID, request_id),))
         caller_name, code, reason = "-", "UNKNOWN", ""
         try:
-            with gate.admit(
+            caller = gate.recognise(
                 authorization=_metadata_values(context, AUTHORIZATION),
                 peer=context.peer(),
                 tls_names=_tls_names(context),
-            ) as caller:
-                caller_name = caller.name
-                bind_call(**{**fields, "caller": caller.name}, peer=context.peer())
+            )
+            caller_name = caller.name
+            bind_call(**{**fields, "caller": caller.name}, peer=context.peer())
+            with gate.limited(caller):
                 if isinstance(request, UndecodableRequest):
                     raise InvalidArgument(
                         Reason.MALFORMED_REQUEST,

@@ -32,7 +32,7 @@ from authsvc.ops.check.deployment import (
     check_config,
     load_deployment,
 )
-from authsvc.ops.check.fly import check_fly
+from authsvc.ops.check.fly import check_fly, check_listen
 from authsvc.ops.check.jwks import check_jwks
 from authsvc.ops.check.pooler import check_pool_size, check_pooler
 from authsvc.ops.check.region import check_region
@@ -53,6 +53,7 @@ __all__ = [
     "Status",
     "check_config",
     "check_fly",
+    "check_listen",
     "check_pool_size",
     "check_pooler",
     "check_region",
@@ -69,6 +70,7 @@ async def run_checks(deployment: Deployment) -> list[Result]:
     """Every check, in a fixed order; the two that do I/O run concurrently."""
     results = [
         *check_config(deployment),
+        *check_listen(deployment),
         *check_region(deployment),
         *check_pooler(deployment),
         *check_pool_size(deployment),

@@ -38,6 +38,8 @@ class Deployment:
     fly_error: str | None
     machines: int
     pool_budget: int
+    # The names the environment itself set (the rest came from [env]).
+    shell_names: frozenset[str] | None = None
 
 
 def load_deployment(
@@ -61,7 +63,7 @@ def load_deployment(
     except tomllib.TOMLDecodeError as exc:
         fly_error = f"is not valid TOML: {exc}"
 
-    merged = {**_fly_env(fly), **environ}
+    merged = {**fly_env(fly), **environ}
     settings = None
     config_error = None
     try:
@@ -80,6 +82,7 @@ def load_deployment(
         fly_error=fly_error,
         machines=machines,
         pool_budget=pool_budget,
+        shell_names=frozenset(environ),
     )
 
 
@@ -128,7 +131,7 @@ def check_config(deployment: Deployment) -> list[Result]:
     return results
 
 
-def _fly_env(fly: Mapping[str, Any] | None) -> dict[str, str]:
+def fly_env(fly: Mapping[str, Any] | None) -> dict[str, str]:
     """fly.toml's [env] as the Machine sees it: every value a string."""
     env = table((fly or {}).get("env"))
     values = {}

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from typing import Any
 
-from authsvc.ops.check.deployment import Deployment, table, tables
+from authsvc.ops.check.deployment import Deployment, fly_env, table, tables
 from authsvc.ops.check.results import Result, fail, pass_, warn
 from authsvc.ops.http import LIVENESS_PATH, METRICS_PATH, READINESS_PATH
 
@@ -42,6 +43,74 @@ def check_fly(deployment: Deployment) -> list[Result]:
     if "metrics" in fly:
         results.append(_metrics(fly["metrics"], ops_port))
     return results
+
+
+def check_listen(deployment: Deployment) -> list[Result]:
+    """Both ports must be reachable from outside the Machine over IPv6: 6PN
+    callers, Fly's checks and its Prometheus all come from there."""
+    settings = deployment.settings
+    if settings is None:
+        return []
+    results = [
+        _reachable(
+            deployment,
+            "AUTHSVC_LISTEN_ADDR",
+            settings.listen_addr,
+            "other apps could not call it",
+            "[::]:50051",
+        )
+    ]
+    if settings.metrics_host_port is not None:
+        results.append(
+            _reachable(
+                deployment,
+                "AUTHSVC_METRICS_ADDR",
+                settings.metrics_addr,
+                "Fly's checks and metrics scraper could not reach it",
+                "[::]:9091",
+            )
+        )
+    return results
+
+
+def _reachable(
+    deployment: Deployment, name: str, address: str, consequence: str, fix: str
+) -> Result:
+    row = f"listen.{name.removeprefix('AUTHSVC_').lower()}"
+    host = address.rpartition(":")[0].strip("[]")
+    source = _source(deployment, name)
+    if host == "localhost" or _is_ip(host, loopback=True):
+        return fail(
+            row,
+            f"{name}={address}{source} is loopback only: {consequence}",
+            f"set {name}={fix}",
+        )
+    if host == "0.0.0.0":  # noqa: S104 (the point is to flag it)
+        return fail(
+            row,
+            f"{name}={address}{source} is IPv4 only, and Fly's private network "
+            f"is IPv6: {consequence}",
+            f"set {name}={fix} (dual-stack)",
+        )
+    return pass_(row, f"{name}={address}{source}")
+
+
+def _is_ip(host: str, *, loopback: bool) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback is loopback
+    except ValueError:
+        return False
+
+
+def _source(deployment: Deployment, name: str) -> str:
+    """Where a value came from, so the fix lands in the right place."""
+    if name not in deployment.environ:
+        return " (the default)"
+    if deployment.shell_names is not None and name in deployment.shell_names:
+        return " (from the environment)"
+    if name in fly_env(deployment.fly):
+        return " (from fly.toml [env])"
+    return ""
 
 
 def _kill_signal(fly: Mapping[str, Any]) -> Result:
