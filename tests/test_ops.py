@@ -230,6 +230,7 @@ async def test_readyz_is_503_from_the_start_of_shutdown(
     jwks.delay_seconds = 0.5
     in_flight = asyncio.create_task(running.verify(es256(keys.ec2)))
     seen: list[int] = []
+    first_answer = asyncio.Event()
 
     async def watch() -> None:
         async with httpx.AsyncClient(timeout=2) as http:
@@ -238,10 +239,13 @@ async def test_readyz_is_503_from_the_start_of_shutdown(
                     seen.append((await http.get(url)).status_code)
                 except httpx.HTTPError:
                     return
+                first_answer.set()
                 await asyncio.sleep(0.02)
 
     watcher = asyncio.create_task(watch())
-    await asyncio.sleep(0.1)
+    # Stop only once the watcher has seen the ready state (not after a fixed
+    # sleep, which a loaded machine can outlast).
+    await asyncio.wait_for(first_answer.wait(), 5)
     await running.server.stop()
     await asyncio.wait_for(watcher, 5)
 
