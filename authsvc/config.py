@@ -36,6 +36,9 @@ DEFAULT_JWKS_TTL_SECONDS = 600.0
 DEFAULT_JWKS_COOLDOWN_SECONDS = 10.0
 DEFAULT_JWKS_TIMEOUT_SECONDS = 5.0
 DEFAULT_MAX_TOKEN_BYTES = 16 * 1024
+# Verified tokens kept (about 2 KiB each for a typical Supabase token).
+DEFAULT_TOKEN_CACHE_ENTRIES = 10_000
+DEFAULT_MAX_BATCH_TOKENS = 1000
 DEFAULT_SHUTDOWN_GRACE_SECONDS = 8.0
 MIN_JWT_SECRET_CHARS = 32
 DEFAULT_DB_SCHEMAS = ("public",)
@@ -160,6 +163,18 @@ class Settings(BaseModel):
         ge=1024,
         le=1024 * 1024,
         alias="AUTHSVC_MAX_TOKEN_BYTES",
+    )
+    token_cache_entries: int = Field(
+        default=DEFAULT_TOKEN_CACHE_ENTRIES,
+        ge=0,
+        le=10_000_000,
+        alias="AUTHSVC_TOKEN_CACHE_ENTRIES",
+    )
+    max_batch_tokens: int = Field(
+        default=DEFAULT_MAX_BATCH_TOKENS,
+        ge=1,
+        le=100_000,
+        alias="AUTHSVC_MAX_BATCH_TOKENS",
     )
     shutdown_grace_seconds: float = Field(
         default=DEFAULT_SHUTDOWN_GRACE_SECONDS,
@@ -496,6 +511,7 @@ class Settings(BaseModel):
             "leeway_seconds": self.leeway_seconds,
             "jwks_ttl_seconds": self.jwks_ttl_seconds,
             "jwks_cooldown_seconds": self.jwks_cooldown_seconds,
+            "token_cache_entries": self.token_cache_entries,
             "database": "set" if self.database_url is not None else "not set",
             "db_schemas": ",".join(self.db_schemas),
             "db_admin": self.db_allow_admin,

@@ -134,9 +134,11 @@ class AuthsvcServer:
             max_token_bytes=settings.max_token_bytes,
             keys=self.keys,
             hs256_secret=secret.get_secret_value() if secret is not None else None,
+            cache_entries=settings.token_cache_entries,
         )
         self.metrics = Metrics()
         self.verifier.on_result = self.metrics.observe_verification
+        self.metrics.track_token_cache(self.verifier.cache)
         if self.keys is not None:
             self.keys.on_fetch = self.metrics.observe_jwks_fetch
             keys = self.keys
@@ -170,7 +172,9 @@ class AuthsvcServer:
         """Bind, serve, load keys, mark health; return the bound port."""
         add_unary_service(
             self._grpc,
-            AuthServicer(self.verifier),
+            AuthServicer(
+                self.verifier, max_batch_tokens=self.settings.max_batch_tokens
+            ),
             AUTH_SERVICE,
             self.gate,
             self.metrics,

@@ -82,6 +82,9 @@ RPCS: dict[str, Rpc] = {
     "VerifyToken": lambda s, k: s.auth.VerifyToken(
         auth_pb2.VerifyTokenRequest(token=es256(k.ec1)), timeout=10
     ),
+    "VerifyTokens": lambda s, k: s.auth.VerifyTokens(
+        auth_pb2.VerifyTokensRequest(tokens=[es256(k.ec1)]), timeout=10
+    ),
     "Select/user": lambda s, k: s.data.Select(
         data_pb2.SelectRequest(mode=_user(k), target=_notes()), timeout=10
     ),
@@ -155,6 +158,7 @@ RPCS: dict[str, Rpc] = {
 # Who may make each call; everyone else gets PERMISSION_DENIED for the scope.
 ALLOWED: dict[str, tuple[set[str], str]] = {
     "VerifyToken": ({"verifier"}, "tokens:verify"),
+    "VerifyTokens": ({"verifier"}, "tokens:verify"),
     "Select/user": ({"reader", "readwrite"}, "data:read"),
     "Select/anon": ({"reader", "readwrite"}, "data:read"),
     "Select/admin notes": ({"reporter", "admin"}, "data:admin"),
@@ -206,6 +210,14 @@ async def test_every_caller_gets_exactly_what_its_scopes_allow_on_every_rpc(
     data_server: Running, keys: Keys
 ) -> None:
     assert set(RPCS) == set(ALLOWED)
+    # Every RPC the services define is in the table (one row or more each).
+    defined = {
+        method.name
+        for service in (auth_pb2.DESCRIPTOR, data_pb2.DESCRIPTOR)
+        for svc in service.services_by_name.values()
+        for method in svc.methods
+    }
+    assert defined == {name.split("/")[0] for name in RPCS}
     wrong = []
     for rpc_name, rpc in RPCS.items():
         allowed, scope = ALLOWED[rpc_name]

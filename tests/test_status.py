@@ -27,6 +27,11 @@ class _FailingServicer:
             raise RuntimeError("database password is hunter2")
         raise Unavailable(Reason.KEYS_UNAVAILABLE, "keys are away", {"why": "test"})
 
+    async def VerifyTokens(
+        self, request: auth_pb2.VerifyTokensRequest, context: Any, caller: Caller
+    ) -> auth_pb2.VerifyTokensResponse:
+        raise NotImplementedError("the registry needs every method of the service")
+
 
 @pytest.fixture
 async def stub() -> AsyncIterator[auth_pb2_grpc.AuthServiceStub]:

@@ -1,4 +1,4 @@
-"""AuthService: VerifyToken over the shared TokenVerifier."""
+"""AuthService: VerifyToken and VerifyTokens over the shared TokenVerifier."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 import grpc
 
 from authsvc.access import Caller, Scope
+from authsvc.errors import AuthsvcError, InvalidArgument, Reason
 from authsvc.tokens import TokenVerifier, VerifiedToken
 from authsvc.v1 import auth_pb2
 
@@ -17,8 +18,9 @@ SERVICE_NAME = SERVICE.full_name
 class AuthServicer:
     """AuthService's methods, registered by `api.registry` behind the gate."""
 
-    def __init__(self, verifier: TokenVerifier) -> None:
+    def __init__(self, verifier: TokenVerifier, *, max_batch_tokens: int) -> None:
         self._verifier = verifier
+        self._max_batch_tokens = max_batch_tokens
 
     async def VerifyToken(
         self,
@@ -32,8 +34,57 @@ class AuthServicer:
         )
         return to_response(verified)
 
+    async def VerifyTokens(
+        self,
+        request: auth_pb2.VerifyTokensRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+        caller: Caller,
+    ) -> auth_pb2.VerifyTokensResponse:
+        caller.require(Scope.TOKENS_VERIFY)
+        if len(request.tokens) > self._max_batch_tokens:
+            raise InvalidArgument(
+                Reason.LIMIT_EXCEEDED,
+                f"{len(request.tokens)} tokens in one batch: the limit is "
+                f"{self._max_batch_tokens} (setting AUTHSVC_MAX_BATCH_TOKENS); "
+                "split the batch",
+                {"limit": "max_batch_tokens", "max": str(self._max_batch_tokens)},
+            )
+        results = []
+        for token in request.tokens:
+            try:
+                verified = await self._verifier.verify(
+                    token, reject_anonymous=request.reject_anonymous
+                )
+            except AuthsvcError as exc:
+                results.append(auth_pb2.TokenResult(error=to_token_error(exc)))
+            else:
+                results.append(auth_pb2.TokenResult(claims=to_response(verified)))
+        return auth_pb2.VerifyTokensResponse(results=results)
+
+
+def to_token_error(exc: AuthsvcError) -> auth_pb2.TokenError:
+    return auth_pb2.TokenError(
+        code=grpc.StatusCode[exc.status.value].value[0],
+        reason=exc.reason.value,
+        message=exc.message,
+        metadata=exc.metadata,
+    )
+
 
 def to_response(verified: VerifiedToken) -> auth_pb2.VerifyTokenResponse:
+    """The response for a verified token, built once per cached token: a
+    cache hit reuses it (messages are never changed after this)."""
+    response: auth_pb2.VerifyTokenResponse | None = verified.memo.get(_RESPONSE)
+    if response is None:
+        response = _build_response(verified)
+        verified.memo[_RESPONSE] = response
+    return response
+
+
+_RESPONSE = "VerifyTokenResponse"
+
+
+def _build_response(verified: VerifiedToken) -> auth_pb2.VerifyTokenResponse:
     response = auth_pb2.VerifyTokenResponse(
         sub=verified.sub,
         email=verified.string_claim("email"),

@@ -9,19 +9,26 @@ from the proto, caller names from the operator's configuration, reasons from
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
+    Metric,
     disable_created_metrics,
     gc_collector,
     generate_latest,
     platform_collector,
     process_collector,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from authsvc.tokens.cache import VerifiedTokenCache
 
 RPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 QUERY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
@@ -134,5 +141,36 @@ class Metrics:
         self.pool_max.set(maximum)
         self.pooler.labels("transaction" if pooled else "direct").set(1)
 
+    def track_token_cache(self, cache: VerifiedTokenCache) -> None:
+        self.registry.register(_TokenCacheCollector(cache))
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _TokenCacheCollector(Collector):
+    """The verified-token cache's own counts, read when scraped."""
+
+    def __init__(self, cache: VerifiedTokenCache) -> None:
+        self._cache = cache
+
+    def collect(self) -> Iterator[Metric]:
+        cache = self._cache
+        yield GaugeMetricFamily(
+            "authsvc_token_cache_entries",
+            "Verified tokens held in the cache.",
+            value=len(cache),
+        )
+        yield GaugeMetricFamily(
+            "authsvc_token_cache_max_entries",
+            "The cache's bound (AUTHSVC_TOKEN_CACHE_ENTRIES; 0: off).",
+            value=cache.max_entries,
+        )
+        lookups = CounterMetricFamily(
+            "authsvc_token_cache_lookups",
+            "Cache lookups by result; hit ratio = hit / (hit + miss).",
+            labels=("result",),
+        )
+        lookups.add_metric(("hit",), cache.hits)
+        lookups.add_metric(("miss",), cache.misses)
+        yield lookups

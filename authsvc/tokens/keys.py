@@ -194,6 +194,10 @@ class KeySet:
     def last_error(self) -> str | None:
         return self._last_error
 
+    def current(self, kid: str) -> VerificationKey | None:
+        """The key held under `kid` right now; never fetches."""
+        return self._keys.get(kid)
+
     async def wait_usable(self) -> None:
         """Return once a fetch has produced at least one usable key."""
         await self._usable.wait()

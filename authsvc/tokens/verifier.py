@@ -18,7 +18,7 @@ import math
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from jwt.algorithms import ECAlgorithm, HMACAlgorithm, RSAAlgorithm
@@ -32,6 +32,7 @@ from authsvc.errors import (
     TokenRejected,
     TokenTooLarge,
 )
+from authsvc.tokens.cache import CachedToken, VerifiedTokenCache
 from authsvc.tokens.keys import KeySet, printable
 
 logger = logging.getLogger(__name__)
@@ -65,6 +66,9 @@ class VerifiedToken:
     claims: dict[str, Any]
     algorithm: str
     key_id: str | None
+    # Renderings of this token built once and reused while it is cached (the
+    # API keeps its response message here); never part of equality.
+    memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def sub(self) -> str:
@@ -114,6 +118,7 @@ class TokenVerifier:
         max_token_bytes: int,
         keys: KeySet | None,
         hs256_secret: str | None,
+        cache_entries: int = 0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.issuer = issuer
@@ -125,6 +130,7 @@ class TokenVerifier:
             _SIGNERS["HS256"].prepare_key(hs256_secret) if hs256_secret else None
         )
         self._clock = clock
+        self.cache = VerifiedTokenCache(cache_entries)
         self._warned_missing: set[str] = set()
         # Told each outcome: None when accepted, else the reason (for metrics).
         self.on_result: Callable[[str | None], None] | None = None
@@ -157,6 +163,14 @@ class TokenVerifier:
             not token.isascii() and len(token.encode()) > self.max_token_bytes
         ):
             raise TokenTooLarge(self.max_token_bytes)
+        digest = None
+        if self.cache.max_entries:
+            digest = self.cache.digest(token)
+            cached = self._cached(digest)
+            if cached is not None:
+                if reject_anonymous and cached.is_anonymous:
+                    raise AnonymousNotAllowed()
+                return cached
         if not _COMPACT_JWS.fullmatch(token):
             if token[: len(BEARER_PREFIX)].lower() == BEARER_PREFIX:
                 raise _malformed("pass the token without the 'Bearer ' prefix")
@@ -181,9 +195,26 @@ class TokenVerifier:
         claims = _decode_json_object(encoded_payload, "payload")
         self._check_claims(claims)
         verified = VerifiedToken(claims=claims, algorithm=algorithm, key_id=kid)
+        if digest is not None:
+            valid_until = float(claims["exp"]) + self.leeway
+            cached_key = key if kid is not None else None
+            self.cache.put(digest, CachedToken(verified, cached_key, valid_until))
         if reject_anonymous and verified.is_anonymous:
             raise AnonymousNotAllowed()
         return verified
+
+    def _cached(self, digest: bytes) -> VerifiedToken | None:
+        entry = self.cache.get(digest, self._clock())
+        if entry is None:
+            return None
+        kid = entry.verified.key_id
+        if kid is not None:
+            current = self.keys.current(kid) if self.keys is not None else None
+            if current is None or current.key is not entry.key:
+                # The key left the JWKS (or changed): verify afresh.
+                self.cache.drop(digest)
+                return None
+        return entry.verified
 
     async def _select_key(self, header: dict[str, Any]) -> tuple[str, str | None, Any]:
         for name in FORBIDDEN_HEADERS:
