@@ -29,6 +29,7 @@ from authsvc.dev.issuer import (
 from authsvc.ops import check as checklist
 from authsvc.ops.logging import configure_logging
 from authsvc.server import BindError, serve
+from authsvc.workers import Supervisor, WorkerFailed
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
 
     serve_cmd = commands.add_parser(
         "serve", help="run the server, configured from the environment"
+    )
+    serve_cmd.add_argument(
+        "--workers",
+        type=int,
+        help="server processes sharing the port (default: AUTHSVC_WORKERS, "
+        "else one per CPU)",
     )
     serve_cmd.set_defaults(handler=_serve)
 
@@ -184,22 +191,47 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _serve(_: argparse.Namespace) -> int:
-    settings = Settings.from_environ(os.environ)
-    configure_logging(settings.log_level, settings.log_format)
-    logger.info(
-        "starting %s",
-        " ".join(f"{key}={value}" for key, value in settings.summary().items()),
-    )
-    for name in Settings.unknown_variables(os.environ):
-        logger.warning("unknown setting ignored name=%s (misspelled?)", name)
-    if settings.allow_unauthenticated:
-        logger.warning(
-            "AUTHSVC_ALLOW_UNAUTHENTICATED is on: any app that reaches the port "
-            "can verify tokens and query as a user"
+def _serve(args: argparse.Namespace) -> int:
+    environ = dict(os.environ)
+    if args.workers is not None:
+        if args.workers < 1:
+            raise ConfigError("--workers must be 1 or more")
+        environ["AUTHSVC_WORKERS"] = str(args.workers)
+    settings = Settings.from_environ(environ)
+    configure_logging(settings.log_level, settings.log_format, settings.worker_index)
+    if settings.worker_index is None:
+        # Said once per Machine, by the supervisor or the only process.
+        logger.info(
+            "starting %s",
+            " ".join(f"{key}={value}" for key, value in settings.summary().items()),
         )
+        for name in Settings.unknown_variables(environ):
+            logger.warning("unknown setting ignored name=%s (misspelled?)", name)
+        if settings.allow_unauthenticated:
+            logger.warning(
+                "AUTHSVC_ALLOW_UNAUTHENTICATED is on: any app that reaches the "
+                "port can verify tokens and query as a user"
+            )
+    if settings.worker_count > 1:
+        return asyncio.run(_supervise(settings, environ))
     asyncio.run(serve(settings))
     return 0
+
+
+async def _supervise(settings: Settings, environ: dict[str, str]) -> int:
+    supervisor = Supervisor(settings, environ)
+    try:
+        await supervisor.start()
+    except OSError as exc:
+        raise BindError(
+            f"cannot listen on {settings.listen_addr}: {exc.strerror or exc} "
+            "(set AUTHSVC_LISTEN_ADDR)"
+        ) from exc
+    except WorkerFailed as exc:
+        logger.error("start-up failed: %s", exc)
+        print(f"authsvc: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return await supervisor.run()
 
 
 def _dev(_: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ never echoed.
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -130,6 +131,15 @@ class Settings(BaseModel):
     supabase_url: str | None = Field(default=None, alias="SUPABASE_URL")
     jwt_secret: SecretStr | None = Field(default=None, alias="SUPABASE_JWT_SECRET")
     listen_addr: str = Field(default=DEFAULT_LISTEN_ADDR, alias="AUTHSVC_LISTEN_ADDR")
+    # 0: one per CPU this process may run on. `authsvc serve --workers N`
+    # overrides it.
+    workers: int = Field(default=0, ge=0, le=256, alias="AUTHSVC_WORKERS")
+    # Set by the supervisor for the processes it starts (not for operators):
+    # the worker's number and the pipe it reports its ports on.
+    worker_index: int | None = Field(default=None, ge=0, alias="AUTHSVC_WORKER_INDEX")
+    worker_report_fd: int | None = Field(
+        default=None, ge=0, alias="AUTHSVC_WORKER_REPORT_FD"
+    )
     metrics_addr: str = Field(
         default=DEFAULT_METRICS_ADDR, alias="AUTHSVC_METRICS_ADDR"
     )
@@ -372,6 +382,18 @@ class Settings(BaseModel):
         return value if value.lower() == METRICS_OFF else _check_listen_addr(value)
 
     @property
+    def listen_host_port(self) -> tuple[str, int]:
+        host, _, port = self.listen_addr.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    @property
+    def worker_count(self) -> int:
+        """How many server processes `authsvc serve` runs."""
+        if self.worker_index is not None:
+            return 1  # a worker never starts workers of its own
+        return self.workers or len(os.sched_getaffinity(0))
+
+    @property
     def metrics_host_port(self) -> tuple[str, int] | None:
         """Where the operations port listens, or None when switched off."""
         if self.metrics_addr.lower() == METRICS_OFF:
@@ -503,6 +525,7 @@ class Settings(BaseModel):
         """The settings as they may be logged: secrets masked."""
         return {
             "listen_addr": self.listen_addr,
+            "workers": self.workers or "auto",
             "metrics_addr": self.metrics_addr,
             "issuer": self.issuer,
             "jwks_url": self.jwks_url or "off",

@@ -54,6 +54,7 @@ from authsvc.ops.http import (
 )
 from authsvc.ops.metrics import Metrics
 from authsvc.tokens import KeySet, TokenVerifier
+from authsvc.workers import report_ready, stop_with_parent
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +79,9 @@ def server_options(settings: Settings) -> Sequence[tuple[str, Any]]:
     return (
         # gRPC Python enables SO_REUSEPORT by default, which lets a second
         # instance bind the same port silently. A mistake must fail loudly.
-        ("grpc.so_reuseport", 0),
+        # Worker processes of one `authsvc serve` share the port on purpose;
+        # the supervisor checked it was free first.
+        ("grpc.so_reuseport", 0 if settings.worker_report_fd is None else 1),
         ("grpc.max_receive_message_length", settings.max_request_bytes),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         # One limit, not a soft one that refuses some requests at random and
@@ -144,7 +147,7 @@ class AuthsvcServer:
             keys = self.keys
             self.metrics.track_keyset(lambda: keys.age_seconds, lambda: keys.key_count)
         self.ops_port: int | None = None
-        self._ops = OpsServer(self.metrics, self.readiness)
+        self._ops = OpsServer(self._exposition, self._readiness)
         self._stopping = False
         self.health = health.aio.HealthServicer()
         self.database = Database(settings) if settings.database_url else None
@@ -258,6 +261,12 @@ class AuthsvcServer:
         await self._http.aclose()
         await self._ops.stop()
         logger.info("stopped")
+
+    async def _exposition(self) -> bytes:
+        return self.metrics.exposition()
+
+    async def _readiness(self, service: str) -> Readiness | None:
+        return self.readiness(service)
 
     def readiness(self, service: str) -> Readiness | None:
         """What gRPC health says for `service` (`""`: overall); None if unknown."""
@@ -473,14 +482,17 @@ def _status(serving: bool) -> Any:
 
 async def serve(settings: Settings) -> None:
     """Run one server until SIGTERM or SIGINT, then shut down gracefully."""
+    if settings.worker_index is not None:
+        stop_with_parent()
     server = AuthsvcServer(settings)
     try:
-        await server.start()
+        port = await server.start()
     except BaseException:
         # Release what start() had opened (the gRPC port, the pool) before
         # the error reaches the CLI, so the process exits cleanly.
         await server.stop()
         raise
+    report_ready(settings, port, server.ops_port)
     await wait_for_stop_signal(on_reload=server.reload_callers)
     await server.stop()
 

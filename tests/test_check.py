@@ -78,6 +78,8 @@ OFFLINE_ENV = {
     "AUTHSVC_JWKS_URL": "off",
     "SUPABASE_JWT_SECRET": HS_SECRET,
     "AUTHSVC_CALLERS": ALL_SCOPE_CALLERS,
+    # One process, whatever the CPUs of the machine running the tests.
+    "AUTHSVC_WORKERS": "1",
 }
 POOLER_6543 = f"postgresql://postgres.{REF}:pw@aws-0-eu-central-1.pooler.supabase.com:6543/postgres"
 DIRECT = f"postgresql://postgres:pw@db.{REF}.supabase.co:5432/postgres"
@@ -115,6 +117,7 @@ def good_env(
         "DATABASE_URL": bouncer.dsn(db.name) + "?pgbouncer=true",
         "DIRECT_URL": db.login_dsn_direct,
         "AUTHSVC_DB_POOL_MAX": "5",
+        "AUTHSVC_WORKERS": "1",
         "AUTHSVC_DB_ALLOW_ADMIN": "true",
         "AUTHSVC_DB_CONNECT_TIMEOUT_SECONDS": "2",
         "AUTHSVC_JWKS_TIMEOUT_SECONDS": "2",
@@ -494,8 +497,31 @@ def test_no_database_url_passes_the_pooler_and_skips_the_database_rows(
             Status.PASS,
             "x 3 Machines = 15",
         ),
+        (
+            "7 workers=2",
+            {},
+            "",
+            Status.PASS,
+            "=7 (2 workers x 3) x 2 Machines = 12 connections",
+        ),
+        (
+            "2 workers=4",
+            {},
+            "",
+            Status.PASS,
+            "=2 (4 workers x 1) x 2 Machines = 8 connections",
+        ),
     ],
-    ids=["default-2", "fits", "one-machine", "bigger-budget", "bluegreen", "min-3"],
+    ids=[
+        "default-2",
+        "fits",
+        "one-machine",
+        "bigger-budget",
+        "bluegreen",
+        "min-3",
+        "split-between-workers",
+        "one-each-at-least",
+    ],
 )
 def test_pool_size_times_machines_is_held_against_the_pooler_budget(
     fly_toml: Path,
@@ -506,7 +532,10 @@ def test_pool_size_times_machines_is_held_against_the_pooler_budget(
     expected: str,
 ) -> None:
     fly_toml.write_text(GOOD_FLY_TOML + fly_extra)
+    pool_max, _, workers = pool_max.partition(" workers=")
     env = {**OFFLINE_ENV, "DATABASE_URL": POOLER_6543, "AUTHSVC_DB_POOL_MAX": pool_max}
+    if workers:
+        env["AUTHSVC_WORKERS"] = workers
 
     result = row(
         check_pool_size(load_deployment(env, fly_toml=fly_toml, **options)),

@@ -228,7 +228,9 @@ async def test_readyz_is_503_from_the_start_of_shutdown(
     # A call for a rotated-in key waits on the slow JWKS: shutdown must drain it.
     jwks.serve_keys(keys.ec1, keys.ec2)
     jwks.delay_seconds = 0.5
+    jwks.requested.clear()
     in_flight = asyncio.create_task(running.verify(es256(keys.ec2)))
+    await asyncio.wait_for(jwks.requested.wait(), 5)  # the call is in the server
     seen: list[int] = []
     first_answer = asyncio.Event()
 

@@ -91,6 +91,9 @@ def serve_env(jwks: JwksStub, port: int, **extra: str) -> dict[str, str]:
         "AUTHSVC_SHUTDOWN_GRACE_SECONDS": "5",
         "AUTHSVC_CALLERS": TEST_CALLERS,
         "AUTHSVC_METRICS_ADDR": "127.0.0.1:0",
+        # One process: these tests are about one server; tests/test_workers.py
+        # covers the supervisor and its workers.
+        "AUTHSVC_WORKERS": "1",
         **extra,
     }
 
@@ -471,6 +474,16 @@ async def test_logs_are_json_lines_with_request_ids_and_no_secret(
             )
             await call
             echoed = dict(await call.initial_metadata())
+            refused = stub.VerifyToken(
+                auth_pb2.VerifyTokenRequest(token=expired),
+                metadata=(("x-request-id", "req-43"),),
+                timeout=10,
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await refused
+            # An error carries the id in its trailers, and no early headers
+            # (which would stop gRPC's client from retrying UNAVAILABLE).
+            error_trailers = dict(caught.value.trailing_metadata() or ())
             for token, key in (
                 (expired, TEST_CALLER_KEY),
                 (good, good),
@@ -490,14 +503,11 @@ async def test_logs_are_json_lines_with_request_ids_and_no_secret(
     events = [json.loads(line) for line in lines]  # every line is one JSON object
     access = [e for e in events if e["logger"] == "authsvc.api.status"]
     assert echoed["x-request-id"] == "req-42"
+    assert error_trailers["x-request-id"] == "req-43"
     assert access[0]["request_id"] == "req-42"
     assert access[0]["trace_id"] == trace
-    assert [e["status"] for e in access] == [
-        "OK",
-        "UNAUTHENTICATED",
-        "UNAUTHENTICATED",
-        "UNAUTHENTICATED",
-    ]
+    assert [e["status"] for e in access] == ["OK"] + ["UNAUTHENTICATED"] * 4
+    assert access[1]["request_id"] == "req-43"
     assert {e["level"] for e in events} <= {"INFO", "WARNING"}
     assert any("hs256_secret=set" in e["message"] for e in events)
     for secret_text in (secret, good, expired, TEST_CALLER_KEY, good.split(".")[2]):

@@ -11,6 +11,7 @@ also logged with its traceback; nothing else about it reaches the client.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import re
 import time
@@ -85,6 +86,18 @@ def error_status(error: AuthsvcError) -> grpc.Status:
     )
 
 
+class _Status(
+    collections.namedtuple("_Status", ("code", "details", "trailing_metadata")),
+    grpc.Status,  # type: ignore[misc]
+):
+    """A status to abort with (grpc.Status is only an interface)."""
+
+
+def _with_request_id(status: grpc.Status, request_id: str) -> grpc.Status:
+    trailers = (*(status.trailing_metadata or ()), (REQUEST_ID, request_id))
+    return _Status(status.code, status.details, trailers)
+
+
 class UndecodableRequest:
     """Stands in for a request message that could not be parsed."""
 
@@ -111,8 +124,10 @@ def guarded_unary(
         if trace_id is not None:
             fields["trace_id"] = trace_id
         log_context = bind_call(**fields, peer=context.peer())
-        # Sent first, so the id reaches the client whatever the outcome.
-        await context.send_initial_metadata(((REQUEST_ID, request_id),))
+        # The id goes out with the answer: in the headers of a response, in
+        # the trailers of an error. Headers sent early would make every error
+        # final to gRPC's client retry policy, so UNAVAILABLE (a database or
+        # JWKS outage on this Machine) could never be retried on another.
         caller_name, code, reason = "-", "UNKNOWN", ""
         try:
             caller = gate.recognise(
@@ -131,10 +146,13 @@ def guarded_unary(
                     )
                 response = await handler(request, context, caller)
             code = "OK"
+            await context.send_initial_metadata(((REQUEST_ID, request_id),))
             return response
         except AuthsvcError as exc:
             code, reason = exc.status.value, exc.reason.value
-            await context.abort_with_status(error_status(exc))
+            await context.abort_with_status(
+                _with_request_id(error_status(exc), request_id)
+            )
             raise AssertionError("unreachable: abort raises") from exc
         except grpc.aio.AbortError:
             raise
@@ -147,11 +165,14 @@ def guarded_unary(
             error_id = uuid.uuid4().hex
             logger.exception("unexpected error error_id=%s", error_id)
             await context.abort_with_status(
-                to_grpc_status(
-                    grpc.StatusCode.INTERNAL,
-                    Reason.INTERNAL.value,
-                    f"internal error; quote error id {error_id} to the operator",
-                    {"error_id": error_id},
+                _with_request_id(
+                    to_grpc_status(
+                        grpc.StatusCode.INTERNAL,
+                        Reason.INTERNAL.value,
+                        f"internal error; quote error id {error_id} to the operator",
+                        {"error_id": error_id},
+                    ),
+                    request_id,
                 )
             )
             raise AssertionError("unreachable: abort raises") from exc

@@ -9,13 +9,11 @@ Fly's checks speak HTTP, not gRPC. `/healthz` says the process is up;
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
-
-from authsvc.ops.metrics import Metrics
 
 DEFAULT_METRICS_PORT = 9091
 METRICS_PATH = "/metrics"
@@ -30,11 +28,18 @@ class Readiness:
 
 
 class OpsServer:
+    """Serves what it is handed: one server's own state, or (with workers)
+    the supervisor's view across its worker processes."""
+
     def __init__(
-        self, metrics: Metrics, readiness: Callable[[str], Readiness | None]
+        self,
+        exposition: Callable[[], Awaitable[bytes]],
+        readiness: Callable[[str], Awaitable[Readiness | None]],
+        liveness: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
-        self._metrics = metrics
+        self._exposition = exposition
         self._readiness = readiness
+        self._liveness = liveness
         app = web.Application()
         app.router.add_get(METRICS_PATH, self._serve_metrics)
         app.router.add_get(LIVENESS_PATH, self._serve_liveness)
@@ -52,17 +57,19 @@ class OpsServer:
         await self._runner.cleanup()
 
     async def _serve_metrics(self, request: web.Request) -> web.Response:
-        response = web.Response(body=self._metrics.exposition())
+        response = web.Response(body=await self._exposition())
         response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
         response.charset = "utf-8"
         return response
 
     async def _serve_liveness(self, request: web.Request) -> web.Response:
+        if self._liveness is not None and not await self._liveness():
+            return _json(503, {"status": "failing"})
         return _json(200, {"status": "ok"})
 
     async def _serve_readiness(self, request: web.Request) -> web.Response:
         service = request.query.get("service", "")
-        readiness = self._readiness(service)
+        readiness = await self._readiness(service)
         if readiness is None:
             return _json(404, {"service": service, "status": "SERVICE_UNKNOWN"})
         body = {

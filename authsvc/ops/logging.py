@@ -48,8 +48,11 @@ class _CallFields(logging.Filter):
         return True
 
 
-def configure_logging(level: str, log_format: str = "json") -> None:
-    """`json` (stdout, for Fly), `text` (key=value, stderr) or `human` (dev)."""
+def configure_logging(
+    level: str, log_format: str = "json", worker: int | None = None
+) -> None:
+    """`json` (stdout, for Fly), `text` (key=value, stderr) or `human` (dev).
+    A worker process's lines carry its number as `worker`."""
     if log_format == "json":
         handler = logging.StreamHandler(sys.stdout)
         handler.setFormatter(
@@ -67,7 +70,19 @@ def configure_logging(level: str, log_format: str = "json") -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(TEXT_FORMAT))
     handler.addFilter(_CallFields())
+    if worker is not None:
+        handler.addFilter(_WorkerField(worker))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
     logging.getLogger("authsvc").setLevel(level)
+
+
+class _WorkerField(logging.Filter):
+    def __init__(self, worker: int) -> None:
+        super().__init__()
+        self.worker = worker
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = self.worker
+        return True

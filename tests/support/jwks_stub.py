@@ -21,6 +21,8 @@ class JwksStub:
         self.body: bytes | None = None
         self.delay_seconds = 0.0
         self.hits = 0
+        # Set on every request: a test clears it, then waits for the next one.
+        self.requested = asyncio.Event()
         self.url = ""
         self._runner: web.AppRunner | None = None
 
@@ -45,6 +47,7 @@ class JwksStub:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.hits += 1
+        self.requested.set()
         if self.delay_seconds:
             await asyncio.sleep(self.delay_seconds)
         if self.body is not None:

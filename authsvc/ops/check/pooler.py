@@ -14,6 +14,7 @@ from urllib.parse import SplitResult
 from authsvc.data.pool import behind_transaction_pooler
 from authsvc.ops.check.deployment import Deployment, table, url_parts
 from authsvc.ops.check.results import Result, fail, pass_, warn
+from authsvc.workers import pool_share
 
 # Supabase's shared pooler; the region row reads the project's region from it.
 POOLER_HOST = re.compile(
@@ -146,10 +147,17 @@ def check_pool_size(deployment: Deployment) -> list[Result]:
         # The new Machines start before the old ones stop.
         machines *= 2
         during = " during a blue-green deploy"
-    peak = settings.db_pool_max * machines
+    workers = settings.worker_count
+    per_machine = pool_share(settings.db_pool_max, workers) * workers
+    peak = per_machine * machines
     budget = deployment.pool_budget
+    split = (
+        f" ({workers} workers x {pool_share(settings.db_pool_max, workers)})"
+        if workers > 1
+        else ""
+    )
     detail = (
-        f"AUTHSVC_DB_POOL_MAX={settings.db_pool_max} x {machines} Machines"
+        f"AUTHSVC_DB_POOL_MAX={settings.db_pool_max}{split} x {machines} Machines"
         f"{during} = {peak} connections, budget {budget}"
     )
     if peak > budget:
@@ -158,8 +166,13 @@ def check_pool_size(deployment: Deployment) -> list[Result]:
                 "pool.size",
                 f"{detail}: past the budget, calls queue at the pooler (session "
                 "mode refuses them)",
-                f"set AUTHSVC_DB_POOL_MAX={max(1, budget // machines)}, or raise "
-                "Supabase's pool size and pass it as --pool-budget",
+                f"set AUTHSVC_DB_POOL_MAX={max(1, budget // machines)}"
+                + (
+                    f" (at least AUTHSVC_WORKERS={workers} gives each worker one)"
+                    if workers > budget // machines
+                    else ""
+                )
+                + ", or raise Supabase's pool size and pass it as --pool-budget",
             )
         ]
     return [pass_("pool.size", detail)]
