@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 run: install ## set up, then start `authsvc dev` (local issuer, no Supabase needed)
 	$(BIN)/authsvc dev
 
-test: install pgbouncer lint typecheck ## set up, lint, type-check and run the tests
+test: install pgbouncer lint typecheck proto-lint ## set up, lint (code, Dockerfile, protos), type-check and run the tests
 	$(BIN)/pytest
 
 # The database tests run a real PgBouncer (tests/support/pgbouncer.py). Install
@@ -56,6 +56,26 @@ $(STUBS): $(PROTOS) | $(STAMP)
 
 protos: $(STAMP) ## regenerate the Python stubs from protos/
 	$(BIN)/python -c 'import setup; setup.generate_stubs()'
+
+# buf comes from npm (@bufbuild/buf, pinned by tools/package-lock.json); the
+# rules are in buf.yaml. `buf breaking` compares protos/ with the image of the
+# last release, protos/released/v1.binpb; `make proto-baseline` replaces it
+# when a release is cut (see protos/released/README.md).
+.PHONY: proto-lint proto-baseline
+BUF := tools/node_modules/.bin/buf
+BUF_BASELINE := protos/released/v1.binpb
+TOOLS_STAMP := tools/node_modules/.installed
+
+$(TOOLS_STAMP): tools/package.json tools/package-lock.json
+	cd tools && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+proto-lint: $(TOOLS_STAMP) ## lint protos/ and fail on changes that break the last release
+	$(BUF) lint
+	$(BUF) breaking --against $(BUF_BASELINE)
+
+proto-baseline: $(TOOLS_STAMP) ## at a release: make protos/ the baseline of `buf breaking`
+	$(BUF) build --exclude-source-info -o $(BUF_BASELINE)
 
 clean:
 	rm -rf $(VENV) build *.egg-info authsvc/v1
