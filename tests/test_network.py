@@ -36,6 +36,11 @@ export SUPABASE_JWT_SECRET=0123456789012345678901234567890123456789
 # These tests are about binding; health needs no caller key.
 export AUTHSVC_ALLOW_UNAUTHENTICATED=true
 check() {{ {BIN}/grpcurl -plaintext -max-time 3 "$1" grpc.health.v1.Health/Check; }}
+# Up to 15 s for the server (and, by default, its workers) to answer on $1.
+wait_serving() {{
+  for _ in $(seq 150); do check "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done
+  return 1
+}}
 """
 
 
@@ -61,7 +66,7 @@ def test_c23_listen_on_fly_local_6pn_binds_the_6pn_address(tmp_path: Path) -> No
 ip -6 addr add {SIX_PN_ADDRESS}/128 dev lo
 mount --bind {hosts} /etc/hosts
 AUTHSVC_LISTEN_ADDR=fly-local-6pn:{PORT} {BIN}/authsvc serve 2>server.log &
-sleep 1.5
+wait_serving '[{SIX_PN_ADDRESS}]:{PORT}'
 check '[{SIX_PN_ADDRESS}]:{PORT}' && echo SIXPN_OK
 check '127.0.0.1:{PORT}' >/dev/null 2>&1 || echo IPV4_REFUSED
 kill -TERM %1; wait %1; echo "EXIT=$?"
@@ -80,7 +85,7 @@ def test_c23_wildcard_falls_back_to_ipv4_where_ipv6_is_disabled(tmp_path: Path) 
         f"""
 sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.lo.disable_ipv6=1
 AUTHSVC_LISTEN_ADDR='[::]:{PORT}' {BIN}/authsvc serve 2>server.log &
-sleep 1.5
+wait_serving '127.0.0.1:{PORT}'
 check '127.0.0.1:{PORT}' && echo IPV4_OK
 kill -TERM %1; wait %1; echo "EXIT=$?"
 """,
