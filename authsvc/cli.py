@@ -68,8 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument(
         "--workers",
         type=int,
-        help="server processes sharing the port (default: AUTHSVC_WORKERS, "
-        "else one per CPU)",
+        help="server processes sharing the port; 0: one per CPU (default: "
+        "AUTHSVC_WORKERS, else 0)",
     )
     serve_cmd.set_defaults(handler=_serve)
 
@@ -194,8 +194,8 @@ def _parser() -> argparse.ArgumentParser:
 def _serve(args: argparse.Namespace) -> int:
     environ = dict(os.environ)
     if args.workers is not None:
-        if args.workers < 1:
-            raise ConfigError("--workers must be 1 or more")
+        if args.workers < 0:
+            raise ConfigError("--workers must be 0 (one per CPU) or more")
         environ["AUTHSVC_WORKERS"] = str(args.workers)
     settings = Settings.from_environ(environ)
     configure_logging(settings.log_level, settings.log_format, settings.worker_index)

@@ -96,6 +96,10 @@ def reserve_port(host: str, port: int) -> int:
     with socket.socket(family, kind, proto) as probe:
         if family == socket.AF_INET6:
             probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        # As gRPC's own listener does: connections of a server that just
+        # stopped (TIME_WAIT) must not block a restart; a listening socket
+        # still does.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         probe.bind(address)
         return int(probe.getsockname()[1])
 
@@ -118,10 +122,10 @@ class Supervisor:
         listen = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
         share = pool_share(self.settings.db_pool_max, self.count)
         logger.info(
-            "starting workers count=%d listen_addr=%s db_pool_per_worker=%d",
+            "starting workers count=%d listen_addr=%s%s",
             self.count,
             listen,
-            share,
+            f" db_pool_per_worker={share}" if self.settings.database_url else "",
         )
         if self.settings.metrics_host_port is not None:
             ops_host, ops_port = self.settings.metrics_host_port

@@ -546,6 +546,31 @@ def test_pool_size_times_machines_is_held_against_the_pooler_budget(
     assert expected in result.detail
 
 
+@pytest.mark.parametrize(
+    ("vm", "expected"),
+    [
+        ('size = "shared-cpu-1x"', "AUTHSVC_DB_POOL_MAX=7 x 2 Machines = 14"),
+        (
+            'size = "performance-4x"',
+            "=7 (4 workers, one per CPU of performance-4x x 1) x 2 Machines = 8",
+        ),
+        ("cpus = 2", "=7 (2 workers, the [[vm]] cpus x 3) x 2 Machines = 12"),
+    ],
+)
+def test_pool_size_counts_the_workers_of_the_machine_size_in_fly_toml(
+    fly_toml: Path, vm: str, expected: str
+) -> None:
+    """Without AUTHSVC_WORKERS, each Machine runs one worker per CPU: the
+    CPUs of fly.toml's [[vm]], not of the machine running the check."""
+    fly_toml.write_text(GOOD_FLY_TOML + f"\n[[vm]]\n  {vm}\n")
+    env = {**OFFLINE_ENV, "DATABASE_URL": POOLER_6543, "AUTHSVC_DB_POOL_MAX": "7"}
+    del env["AUTHSVC_WORKERS"]
+
+    result = row(check_pool_size(load_deployment(env, fly_toml=fly_toml)), "pool.size")
+
+    assert expected in result.detail
+
+
 def test_pool_size_warning_names_a_pool_max_that_fits(fly_toml: Path) -> None:
     env = {**OFFLINE_ENV, "DATABASE_URL": POOLER_6543, "AUTHSVC_DB_POOL_MAX": "10"}
 

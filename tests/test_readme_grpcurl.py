@@ -321,6 +321,7 @@ async def test_readme_command_runs_and_prints_what_the_readme_says(
         "VerifyToken": _check_claims,
         "authsvc-verify": _check_claims,
         "Select": _check_select,
+        "Call": _check_call,
         "Check": _check_health,
     }
     assert command.kind in checks, (
@@ -372,6 +373,17 @@ def _check_claims(command: Command, out: str, shown: str) -> None:
 
 def _check_health(command: Command, out: str, shown: str) -> None:
     assert json.loads(out) == {"status": "SERVING"}, shown
+
+
+def _check_call(command: Command, out: str, shown: str) -> None:
+    """whoami() runs as the mode's role, with the user's id under user mode."""
+    request: dict[str, Any] = json.loads(command.option("-d"))
+    result = json.loads(json.loads(out)["result_json"])
+
+    if "user_token" in request["mode"]:
+        assert result == {"role": "authenticated", "uid": DEV_USER_ID}, shown
+    else:
+        assert result["role"] in {"service_role", "anon"}, shown
 
 
 def _check_select(command: Command, out: str, shown: str) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from authsvc.workers import pool_share
@@ -187,6 +188,32 @@ async def test_a_second_supervisor_on_a_busy_port_fails_loudly(
     assert code == 1
     assert f"cannot listen on 127.0.0.1:{supervised.port}" in output
     assert "Traceback" not in output
+
+
+async def test_a_supervisor_restarts_at_once_on_the_port_it_just_left(
+    jwks: JwksStub, keys: Keys
+) -> None:
+    """The server closes its connections on shutdown, leaving them in
+    TIME_WAIT on its port; that must not look like a port in use."""
+    port = free_port()
+    first = await start_supervised(jwks, port, AUTHSVC_SHUTDOWN_GRACE_SECONDS="1")
+    async with grpc.aio.insecure_channel(first.target) as channel:
+        # A health Watch outlasts the grace period, so the server is the one
+        # that closes the connection (and keeps it in TIME_WAIT).
+        watch = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service="authsvc.v1.AuthService")
+        )
+        await watch.read()
+        first.proc.send_signal(signal.SIGTERM)
+        assert (await first.finish())[0] == 0
+
+    second = await start_supervised(jwks, port)
+    try:
+        assert (await _verify(second.target, es256(keys.ec1))).sub
+    finally:
+        second.proc.send_signal(signal.SIGTERM)
+        code, output = await second.finish()
+    assert code == 0, output
 
 
 async def test_a_worker_that_cannot_start_fails_the_supervisor_with_its_code(

@@ -57,12 +57,20 @@ app.use((error, req, res, next) => {
   }
   // A refused caller key or missing scope is this app's misconfiguration:
   // log it for the operator, and tell the user only that it failed.
+  // Only a refusal of the user's own request is explained to the user;
+  // configuration and infrastructure details (caller key, addresses) stay in
+  // the log.
   const appFault = CALLER_REASONS.has(error.reason) || !(error.codeName in HTTP_STATUS);
   console.error(`authsvc ${error.codeName} ${error.reason || '-'}: ${error.message}`);
-  res.status(appFault ? 500 : HTTP_STATUS[error.codeName]).json({
+  if (appFault) {
+    res.status(500).json({ error: 'INTERNAL' });
+    return;
+  }
+  const status = HTTP_STATUS[error.codeName];
+  const explained = status < 500;
+  res.status(status).json({
     error: error.codeName,
-    reason: error.reason,
-    ...(appFault ? {} : { message: error.message }),
+    ...(explained ? { reason: error.reason, message: error.message } : {}),
   });
 });
 

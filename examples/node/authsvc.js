@@ -8,6 +8,7 @@
 // google/rpc/status.proto and error_details.proto, needed to decode the
 // `grpc-status-details-bin` trailer, come from the google-proto-files package.
 
+const fs = require('node:fs');
 const path = require('node:path');
 
 const grpc = require('@grpc/grpc-js');
@@ -18,6 +19,12 @@ const protobuf = require('protobufjs');
 const DEFAULT_TARGET = 'localhost:50051';
 const DEFAULT_TIMEOUT_MS = 2000;
 const PROTO_DIR = process.env.AUTHSVC_PROTO_DIR || path.resolve(__dirname, '../../protos');
+if (!fs.existsSync(path.join(PROTO_DIR, 'authsvc/v1/auth.proto'))) {
+  throw new Error(
+    `authsvc's protos are not in ${PROTO_DIR}: set AUTHSVC_PROTO_DIR to the ` +
+      "authsvc repository's protos/ directory",
+  );
+}
 // The directory that holds google/rpc/*.proto.
 const GOOGLE_PROTO_DIR = path.dirname(googleProtoFiles.getProtoPath());
 const STATUS_DETAILS_KEY = 'grpc-status-details-bin';

@@ -8,11 +8,14 @@ server connections (`Deployment.pool_budget`).
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import SplitResult
 
 from authsvc.data.pool import behind_transaction_pooler
-from authsvc.ops.check.deployment import Deployment, table, url_parts
+from authsvc.ops.check.deployment import Deployment, table, tables, url_parts
 from authsvc.ops.check.results import Result, fail, pass_, warn
 from authsvc.workers import pool_share
 
@@ -21,6 +24,8 @@ POOLER_HOST = re.compile(
     r"aws-\d+-(?P<region>[a-z]{2}-[a-z]+-\d+)\.pooler\.supabase\.com"
 )
 _DIRECT_HOST = re.compile(r"db\.(?P<ref>[a-z0-9]+)\.supabase\.co")
+# Fly's preset sizes: shared-cpu-2x, performance-4x, ... (N CPUs).
+_VM_SIZE = re.compile(r"(?:shared-cpu|performance)-(\d+)x")
 _PROJECT_URL = re.compile(r"https://(?P<ref>[a-z0-9]+)\.supabase\.co")
 
 
@@ -147,12 +152,12 @@ def check_pool_size(deployment: Deployment) -> list[Result]:
         # The new Machines start before the old ones stop.
         machines *= 2
         during = " during a blue-green deploy"
-    workers = settings.worker_count
+    workers, source = _machine_workers(settings.workers, fly)
     per_machine = pool_share(settings.db_pool_max, workers) * workers
     peak = per_machine * machines
     budget = deployment.pool_budget
     split = (
-        f" ({workers} workers x {pool_share(settings.db_pool_max, workers)})"
+        f" ({workers} workers{source} x {pool_share(settings.db_pool_max, workers)})"
         if workers > 1
         else ""
     )
@@ -176,6 +181,21 @@ def check_pool_size(deployment: Deployment) -> list[Result]:
             )
         ]
     return [pass_("pool.size", detail)]
+
+
+def _machine_workers(configured: int, fly: Mapping[str, Any]) -> tuple[int, str]:
+    """The worker count a Machine will run, and where that figure came from:
+    AUTHSVC_WORKERS, else the CPUs of fly.toml's [[vm]], else this machine's."""
+    if configured:
+        return configured, ""
+    for vm in tables(fly.get("vm")):
+        cpus = vm.get("cpus")
+        if isinstance(cpus, int) and cpus > 0:
+            return cpus, ", the [[vm]] cpus"
+        size = _VM_SIZE.fullmatch(str(vm.get("size", "")))
+        if size is not None:
+            return int(size.group(1)), f", one per CPU of {size.group(0)}"
+    return len(os.sched_getaffinity(0)), ", one per CPU of the machine running this"
 
 
 def _port(parts: SplitResult) -> int | None:
