@@ -473,7 +473,7 @@ async def test_logs_are_json_lines_with_request_ids_and_no_secret(
                 timeout=10,
             )
             await call
-            echoed = dict(await call.initial_metadata())
+            echoed = dict(await call.trailing_metadata())
             refused = stub.VerifyToken(
                 auth_pb2.VerifyTokenRequest(token=expired),
                 metadata=(("x-request-id", "req-43"),),

@@ -124,10 +124,11 @@ def guarded_unary(
         if trace_id is not None:
             fields["trace_id"] = trace_id
         log_context = bind_call(**fields, peer=context.peer())
-        # The id goes out with the answer: in the headers of a response, in
-        # the trailers of an error. Headers sent early would make every error
-        # final to gRPC's client retry policy, so UNAVAILABLE (a database or
-        # JWKS outage on this Machine) could never be retried on another.
+        # The id goes out in the trailers, with the status, whatever the
+        # outcome. Not in early headers: those cost an extra operation per
+        # call (about 15% of a cache hit's CPU) and would make every error
+        # final to gRPC's client retry policy, so an UNAVAILABLE (a database
+        # or JWKS outage on this Machine) could never be retried on another.
         caller_name, code, reason = "-", "UNKNOWN", ""
         try:
             caller = gate.recognise(
@@ -146,7 +147,7 @@ def guarded_unary(
                     )
                 response = await handler(request, context, caller)
             code = "OK"
-            await context.send_initial_metadata(((REQUEST_ID, request_id),))
+            context.set_trailing_metadata(((REQUEST_ID, request_id),))
             return response
         except AuthsvcError as exc:
             code, reason = exc.status.value, exc.reason.value
