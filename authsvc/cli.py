@@ -29,7 +29,7 @@ from authsvc.dev.issuer import (
 from authsvc.ops import check as checklist
 from authsvc.ops.logging import configure_logging
 from authsvc.server import BindError, serve
-from authsvc.workers import Supervisor, WorkerFailed
+from authsvc.workers import Supervisor, WorkerFailed, check_worker_environment
 
 logger = logging.getLogger(__name__)
 
@@ -198,6 +198,7 @@ def _serve(args: argparse.Namespace) -> int:
             raise ConfigError("--workers must be 0 (one per CPU) or more")
         environ["AUTHSVC_WORKERS"] = str(args.workers)
     settings = Settings.from_environ(environ)
+    check_worker_environment(settings, environ)
     configure_logging(settings.log_level, settings.log_format, settings.worker_index)
     if settings.worker_index is None:
         # Said once per Machine, by the supervisor or the only process.

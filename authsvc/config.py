@@ -39,6 +39,7 @@ DEFAULT_JWKS_TIMEOUT_SECONDS = 5.0
 DEFAULT_MAX_TOKEN_BYTES = 16 * 1024
 # Verified tokens kept (about 2 KiB each for a typical Supabase token).
 DEFAULT_TOKEN_CACHE_ENTRIES = 10_000
+DEFAULT_TOKEN_CACHE_MB = 64
 DEFAULT_MAX_BATCH_TOKENS = 1000
 DEFAULT_SHUTDOWN_GRACE_SECONDS = 8.0
 MIN_JWT_SECRET_CHARS = 32
@@ -74,7 +75,9 @@ _SECRET_VARIABLES = frozenset(
 )
 OUR_PREFIX = "AUTHSVC_"
 # Variables read by other parts of the command, not by Settings.
-OTHER_KNOWN_VARIABLES = frozenset({"AUTHSVC_DEV_DIR", "AUTHSVC_CALLER_KEY"})
+OTHER_KNOWN_VARIABLES = frozenset(
+    {"AUTHSVC_DEV_DIR", "AUTHSVC_CALLER_KEY", "AUTHSVC_WORKER_PARENT"}
+)
 # Hosts reached over a private or local network, where plain http is acceptable:
 # loopback, and Fly's private names (6PN is encrypted by WireGuard).
 _PRIVATE_HOST_SUFFIXES = (".localhost", ".internal", ".flycast")
@@ -179,6 +182,9 @@ class Settings(BaseModel):
         ge=0,
         le=10_000_000,
         alias="AUTHSVC_TOKEN_CACHE_ENTRIES",
+    )
+    token_cache_mb: int = Field(
+        default=DEFAULT_TOKEN_CACHE_MB, ge=1, le=65536, alias="AUTHSVC_TOKEN_CACHE_MB"
     )
     max_batch_tokens: int = Field(
         default=DEFAULT_MAX_BATCH_TOKENS,

@@ -138,6 +138,7 @@ class AuthsvcServer:
             keys=self.keys,
             hs256_secret=secret.get_secret_value() if secret is not None else None,
             cache_entries=settings.token_cache_entries,
+            cache_bytes=settings.token_cache_mb * 1024 * 1024,
         )
         self.metrics = Metrics()
         self.verifier.on_result = self.metrics.observe_verification
@@ -176,7 +177,9 @@ class AuthsvcServer:
         add_unary_service(
             self._grpc,
             AuthServicer(
-                self.verifier, max_batch_tokens=self.settings.max_batch_tokens
+                self.verifier,
+                max_batch_tokens=self.settings.max_batch_tokens,
+                max_response_bytes=MAX_MESSAGE_BYTES,
             ),
             AUTH_SERVICE,
             self.gate,

@@ -34,8 +34,10 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Coroutine, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import httpx
 from prometheus_client import CollectorRegistry, generate_latest
@@ -43,7 +45,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from authsvc.config import Settings
+from authsvc.config import ConfigError, Settings
 from authsvc.ops.http import (
     METRICS_PATH,
     READINESS_PATH,
@@ -52,12 +54,24 @@ from authsvc.ops.http import (
 )
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 WORKER_START_TIMEOUT_SECONDS = 60.0
 # After the grace period a worker still closes its pool and HTTP client.
 STOP_MARGIN_SECONDS = 3.0
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 WORKER_HTTP_TIMEOUT_SECONDS = 2.0
+# Set by the supervisor to its pid: the worker settings are honoured only in
+# a process this supervisor started, never when an operator sets them.
+WORKER_PARENT_VARIABLE = "AUTHSVC_WORKER_PARENT"
+# Concurrent scrapes and probes share one round of questions to the workers,
+# and its answer for this long, so a flood of requests on the ops port (which
+# needs no key) cannot queue up worker requests until they time out.
+READINESS_REUSE_SECONDS = 0.25
+METRICS_REUSE_SECONDS = 1.0
+# gRPC service names are short; anything longer cannot name one.
+MAX_SERVICE_NAME_CHARS = 256
+MAX_REMEMBERED_SERVICES = 16
 
 
 class WorkerFailed(Exception):
@@ -115,6 +129,8 @@ class Supervisor:
         self._stopping = False
         self._http = httpx.AsyncClient(timeout=WORKER_HTTP_TIMEOUT_SECONDS)
         self._ops = OpsServer(self._exposition, self._readiness, self._liveness)
+        self._readiness_rounds: dict[str, _Round[Readiness | None]] = {}
+        self._metrics_round: _Round[bytes] | None = None
 
     async def start(self) -> None:
         host, port = self.settings.listen_host_port
@@ -150,6 +166,7 @@ class Supervisor:
             "AUTHSVC_DB_POOL_MAX": str(pool),
             "AUTHSVC_WORKER_INDEX": str(index),
             "AUTHSVC_WORKER_REPORT_FD": str(write_fd),
+            WORKER_PARENT_VARIABLE: str(os.getpid()),
         }
         try:
             process = await asyncio.create_subprocess_exec(
@@ -257,6 +274,17 @@ class Supervisor:
     async def _readiness(self, service: str) -> Readiness | None:
         if self._stopping or not self.workers:
             return Readiness(False, ("supervisor",) if not service else (service,))
+        if len(service) > MAX_SERVICE_NAME_CHARS:
+            return None
+        current = self._readiness_rounds.get(service)
+        if current is None or current.stale(READINESS_REUSE_SECONDS):
+            if len(self._readiness_rounds) >= MAX_REMEMBERED_SERVICES:
+                self._readiness_rounds.clear()
+            current = _Round(self._ask_readiness(service))
+            self._readiness_rounds[service] = current
+        return await current.answer()
+
+    async def _ask_readiness(self, service: str) -> Readiness | None:
         answers = await asyncio.gather(
             *(self._worker_readiness(w, service) for w in self.workers)
         )
@@ -275,14 +303,22 @@ class Supervisor:
         url = f"http://127.0.0.1:{worker.ops_port}{READINESS_PATH}"
         try:
             response = await self._http.get(url, params={"service": service})
-        except httpx.HTTPError:
+            if response.status_code == 404:
+                return None
+            if response.status_code not in (200, 503):
+                return unreachable
+            failing = response.json()["failing"]
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
             return unreachable
-        if response.status_code == 404:
-            return None
-        body = response.json()
-        return Readiness(response.status_code == 200, tuple(body.get("failing", ())))
+        return Readiness(response.status_code == 200, tuple(map(str, failing)))
 
     async def _exposition(self) -> bytes:
+        current = self._metrics_round
+        if current is None or current.stale(METRICS_REUSE_SECONDS):
+            current = self._metrics_round = _Round(self._gather_metrics())
+        return await current.answer()
+
+    async def _gather_metrics(self) -> bytes:
         texts = await asyncio.gather(*(self._worker_metrics(w) for w in self.workers))
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Labelled(texts))
@@ -297,6 +333,22 @@ class Supervisor:
         except httpx.HTTPError:
             return str(worker.index), ""
         return str(worker.index), response.text
+
+
+class _Round(Generic[T]):
+    """One round of questions to the workers, shared by everyone who asks
+    while it runs and for a short while after."""
+
+    def __init__(self, question: Coroutine[Any, Any, T]) -> None:
+        self._started = time.monotonic()
+        self._task = asyncio.ensure_future(question)
+
+    def stale(self, reuse_seconds: float) -> bool:
+        return self._task.done() and (time.monotonic() - self._started > reuse_seconds)
+
+    async def answer(self) -> T:
+        # Shielded: one asker giving up must not cancel the others' answer.
+        return await asyncio.shield(self._task)
 
 
 class _Labelled(Collector):
@@ -346,3 +398,16 @@ def stop_with_parent() -> None:
     orphaned worker drains and exits like one told to stop."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def check_worker_environment(settings: Settings, environ: Mapping[str, str]) -> None:
+    """Refuse worker settings in a process no supervisor started: they would
+    share the port silently (SO_REUSEPORT) and write to an arbitrary fd."""
+    if settings.worker_index is None and settings.worker_report_fd is None:
+        return
+    if environ.get(WORKER_PARENT_VARIABLE) != str(os.getppid()):
+        raise ConfigError(
+            "AUTHSVC_WORKER_INDEX and AUTHSVC_WORKER_REPORT_FD are set by "
+            "`authsvc serve` for its own workers; unset them (AUTHSVC_WORKERS "
+            "or --workers chooses the number of workers)"
+        )

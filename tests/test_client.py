@@ -818,3 +818,17 @@ async def test_select_retries_unavailable_on_another_machine(
     assert results == [[1, 2, 3, 4]] * 10
     assert answered(broken, "UNAVAILABLE") >= 1
     assert answered(data_server, "OK") >= 10
+
+
+async def test_a_key_read_with_its_newline_works_and_a_garbled_one_is_refused_early(
+    server: Running, keys: Keys
+) -> None:
+    """Keys often come from files or secrets with a trailing newline; gRPC
+    would refuse that metadata with an error that names nothing."""
+    async with Connection(server.target, key=TEST_CALLER_KEY + "\n") as connection:
+        claims = await AuthClient(connection).verify_token(es256(keys.ec1))
+
+    assert claims.sub == UID_A
+    for garbled in ("", "asvc_é", "asvc_a\rb"):
+        with pytest.raises(ValueError, match="caller key"):
+            Connection(server.target, key=garbled)

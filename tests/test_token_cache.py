@@ -30,7 +30,9 @@ class FakeClock:
         return self.now
 
 
-def _verifier(clock: FakeClock, entries: int = 10) -> TokenVerifier:
+def _verifier(
+    clock: FakeClock, entries: int = 10, cache_bytes: int = 64 * 1024 * 1024
+) -> TokenVerifier:
     return TokenVerifier(
         issuer=ISS,
         audiences=("authenticated",),
@@ -39,6 +41,7 @@ def _verifier(clock: FakeClock, entries: int = 10) -> TokenVerifier:
         keys=None,
         hs256_secret=HS_SECRET,
         cache_entries=entries,
+        cache_bytes=cache_bytes,
         clock=clock,
     )
 
@@ -81,6 +84,25 @@ async def test_the_cache_is_bounded_and_keeps_the_recently_used() -> None:
 
     assert len(verifier.cache) == 2
     assert verifier.cache.hits == hits_before + 1  # a hit, b missed
+
+
+async def test_the_cache_is_bounded_by_estimated_memory_not_only_entries() -> None:
+    """Claims of many small JSON values cost far more memory than their
+    token's length suggests; such a token is not kept, and the estimate of
+    everything kept stays under the budget."""
+    budget = 64 * 10_000  # so no single entry may exceed 10,000 bytes
+    verifier = _verifier(FakeClock(), entries=10_000, cache_bytes=budget)
+    dense = _token(NOW + 600, sub="dense", user_metadata={"m": [{}] * 100})
+
+    await verifier.verify(dense)
+    for i in range(300):
+        await verifier.verify(_token(NOW + 600, sub=f"user-{i}"))
+
+    assert verifier.cache.hits == 0
+    await verifier.verify(dense)
+    assert verifier.cache.hits == 0  # never kept
+    assert 0 < verifier.cache.bytes <= budget
+    assert 50 < len(verifier.cache) < 300  # the budget, not the entry cap, bound it
 
 
 async def test_a_cache_of_zero_entries_keeps_nothing() -> None:
@@ -213,3 +235,23 @@ async def test_an_empty_batch_gives_an_empty_result(server: Running) -> None:
     )
 
     assert list(response.results) == []
+
+
+async def test_a_batch_whose_results_would_exceed_the_message_limit_is_refused(
+    server: Running, keys: Keys
+) -> None:
+    """300 tokens of 11 KB fit in a request (3.3 MB) but their claims, twice
+    over (typed fields and `claims`), would not fit in a 4 MiB response."""
+    big = es256(keys.ec1, supabase_claims(user_metadata={"bio": "x" * 8000}))
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await server.auth.VerifyTokens(
+            auth_pb2.VerifyTokensRequest(tokens=[big] * 300), timeout=30
+        )
+    refusal = Refusal.of(caught.value)
+
+    assert (refusal.code, refusal.reason) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "LIMIT_EXCEEDED",
+    )
+    assert refusal.metadata["limit"] == "response_bytes"

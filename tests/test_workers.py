@@ -254,3 +254,53 @@ async def test_calls_keep_working_when_a_grpc_client_reuses_one_channel(
         await channel.channel_ready()
     for _ in range(5):
         assert (await _verify(supervised.target, es256(keys.ec1))).sub
+
+
+async def test_a_flood_of_probes_gets_the_workers_real_state(
+    supervised: Supervised,
+) -> None:
+    """The ops port needs no key: many concurrent probes and scrapes must not
+    make ready workers look down (they share one round of questions)."""
+    async with httpx.AsyncClient(
+        timeout=10, limits=httpx.Limits(max_connections=300)
+    ) as http:
+        base = f"http://127.0.0.1:{supervised.ops_port}"
+        ready = await asyncio.gather(*(http.get(f"{base}/readyz") for _ in range(300)))
+        scraped = await asyncio.gather(
+            *(http.get(f"{base}/metrics") for _ in range(50))
+        )
+
+    assert {r.status_code for r in ready} == {200}
+    assert {r.status_code for r in scraped} == {200}
+    assert all('worker="1"' in r.text for r in scraped)
+
+
+async def test_an_overlong_service_name_is_unknown_not_an_error(
+    supervised: Supervised,
+) -> None:
+    """Forwarded percent-encoded, a long name would pass the worker's request
+    line limit; it is refused before that. Too long for the supervisor's own
+    limit, it is a plain 400. Never a 500."""
+    long_name = await supervised.get("/readyz?service=" + "x" * 3000)
+    encoded = await supervised.get("/readyz?service=" + "%7B" * 3000)
+
+    assert long_name.status_code == 404
+    assert encoded.status_code == 400
+
+
+@pytest.mark.parametrize(
+    "variables",
+    [{"AUTHSVC_WORKER_INDEX": "0"}, {"AUTHSVC_WORKER_REPORT_FD": "2"}],
+    ids=["index", "report-fd"],
+)
+async def test_worker_settings_set_by_an_operator_are_refused(
+    jwks: JwksStub, variables: dict[str, str]
+) -> None:
+    """They would let a second server share the port silently."""
+    port = free_port()
+    process = await spawn("serve", env=serve_env(jwks, port, **variables), port=port)
+
+    code, output = await process.finish(timeout=10)
+
+    assert code == 2
+    assert "set by `authsvc serve` for its own workers" in output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import grpc
@@ -12,15 +13,27 @@ from authsvc.tokens import TokenVerifier, VerifiedToken
 from authsvc.v1 import auth_pb2
 
 SERVICE = auth_pb2.DESCRIPTOR.services_by_name["AuthService"]
+# A batch gives the event loop a turn this often, so one large batch does not
+# stall every other call of this worker (nor outlive its own deadline).
+YIELD_EVERY_TOKENS = 16
+# A repeated field's tag and length prefix, per result.
+RESULT_FRAMING_BYTES = 6
 SERVICE_NAME = SERVICE.full_name
 
 
 class AuthServicer:
     """AuthService's methods, registered by `api.registry` behind the gate."""
 
-    def __init__(self, verifier: TokenVerifier, *, max_batch_tokens: int) -> None:
+    def __init__(
+        self,
+        verifier: TokenVerifier,
+        *,
+        max_batch_tokens: int,
+        max_response_bytes: int,
+    ) -> None:
         self._verifier = verifier
         self._max_batch_tokens = max_batch_tokens
+        self._max_response_bytes = max_response_bytes
 
     async def VerifyToken(
         self,
@@ -50,15 +63,29 @@ class AuthServicer:
                 {"limit": "max_batch_tokens", "max": str(self._max_batch_tokens)},
             )
         results = []
-        for token in request.tokens:
+        size = 0
+        for index, token in enumerate(request.tokens):
+            if index and not index % YIELD_EVERY_TOKENS:
+                # Let other calls (and this one's cancellation) in.
+                await asyncio.sleep(0)
             try:
                 verified = await self._verifier.verify(
                     token, reject_anonymous=request.reject_anonymous
                 )
             except AuthsvcError as exc:
-                results.append(auth_pb2.TokenResult(error=to_token_error(exc)))
+                result = auth_pb2.TokenResult(error=to_token_error(exc))
             else:
-                results.append(auth_pb2.TokenResult(claims=to_response(verified)))
+                result = auth_pb2.TokenResult(claims=to_response(verified))
+            size += result.ByteSize() + RESULT_FRAMING_BYTES
+            if size > self._max_response_bytes:
+                raise InvalidArgument(
+                    Reason.LIMIT_EXCEEDED,
+                    f"the results of the first {index + 1} tokens already exceed "
+                    f"the {self._max_response_bytes}-byte response limit; send "
+                    "fewer (or smaller) tokens per batch",
+                    {"limit": "response_bytes", "max": str(self._max_response_bytes)},
+                )
+            results.append(result)
         return auth_pb2.VerifyTokensResponse(results=results)
 
 

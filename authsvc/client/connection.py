@@ -21,6 +21,7 @@ encrypts the traffic).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
@@ -64,6 +65,7 @@ RETRY_THROTTLE_TOKEN_RATIO = 1.0
 # authsvc sends no response headers before an error status, so its own
 # UNAVAILABLE answers (database or keys unavailable on one Machine) are
 # retried on another, as are failed connections.
+_PRINTABLE_ASCII = re.compile(r"[\x21-\x7e]+")
 RETRYABLE_METHODS = (
     ("authsvc.v1.AuthService", "VerifyToken"),
     ("authsvc.v1.AuthService", "VerifyTokens"),
@@ -162,6 +164,16 @@ class Connection:
     ) -> None:
         if timeout <= 0:
             raise ValueError(f"timeout must be above 0 seconds, got {timeout}")
+        if key is not None:
+            # A key read from a file or a secret often ends in a newline,
+            # which gRPC refuses in metadata with an error that names nothing.
+            key = key.strip()
+            if not key or not _PRINTABLE_ASCII.fullmatch(key):
+                raise ValueError(
+                    "key must be the caller key as printed by `authsvc caller-key` "
+                    "(printable ASCII, e.g. asvc_…); this one is empty or holds "
+                    "other characters"
+                )
         self.target = target
         self.timeout = timeout
         arguments = [*channel_options(health_service, wait_for_ready), *options]

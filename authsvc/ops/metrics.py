@@ -162,6 +162,11 @@ class _TokenCacheCollector(Collector):
             value=len(cache),
         )
         yield GaugeMetricFamily(
+            "authsvc_token_cache_bytes",
+            "Estimated memory of the cached tokens (AUTHSVC_TOKEN_CACHE_MB bounds it).",
+            value=cache.bytes,
+        )
+        yield GaugeMetricFamily(
             "authsvc_token_cache_max_entries",
             "The cache's bound (AUTHSVC_TOKEN_CACHE_ENTRIES; 0: off).",
             value=cache.max_entries,

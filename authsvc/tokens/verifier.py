@@ -32,7 +32,7 @@ from authsvc.errors import (
     TokenRejected,
     TokenTooLarge,
 )
-from authsvc.tokens.cache import CachedToken, VerifiedTokenCache
+from authsvc.tokens.cache import CachedToken, VerifiedTokenCache, estimated_cost
 from authsvc.tokens.keys import KeySet, printable
 
 logger = logging.getLogger(__name__)
@@ -119,6 +119,7 @@ class TokenVerifier:
         keys: KeySet | None,
         hs256_secret: str | None,
         cache_entries: int = 0,
+        cache_bytes: int = 64 * 1024 * 1024,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.issuer = issuer
@@ -130,7 +131,7 @@ class TokenVerifier:
             _SIGNERS["HS256"].prepare_key(hs256_secret) if hs256_secret else None
         )
         self._clock = clock
-        self.cache = VerifiedTokenCache(cache_entries)
+        self.cache = VerifiedTokenCache(cache_entries, cache_bytes)
         self._warned_missing: set[str] = set()
         # Told each outcome: None when accepted, else the reason (for metrics).
         self.on_result: Callable[[str | None], None] | None = None
@@ -196,9 +197,12 @@ class TokenVerifier:
         self._check_claims(claims)
         verified = VerifiedToken(claims=claims, algorithm=algorithm, key_id=kid)
         if digest is not None:
-            valid_until = float(claims["exp"]) + self.leeway
-            cached_key = key if kid is not None else None
-            self.cache.put(digest, CachedToken(verified, cached_key, valid_until))
+            cost = estimated_cost(token, _json_values(claims))
+            if self.cache.wants(cost):
+                valid_until = float(claims["exp"]) + self.leeway
+                cached_key = key if kid is not None else None
+                entry = CachedToken(verified, cached_key, valid_until, cost)
+                self.cache.put(digest, entry)
         if reject_anonymous and verified.is_anonymous:
             raise AnonymousNotAllowed()
         return verified
@@ -431,6 +435,20 @@ def _structure_problem(value: Any, *, check_strings: bool) -> str | None:
             return f"is nested deeper than {MAX_CLAIM_DEPTH} levels"
         stack.extend((child, level + 1) for child in children)
     return None
+
+
+def _json_values(value: Any) -> int:
+    """How many JSON values (containers and scalars) `value` holds."""
+    count = 0
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return count
 
 
 def _is_unicode(text: str) -> bool:
