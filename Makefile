@@ -29,6 +29,13 @@ pgbouncer:
 image-check: ## build, install and run the wheel the way the image does
 	$(PYTHON) scripts/image_check.py
 
+# Side by side with the Node stack and a direct asyncpg pool; about 5 minutes,
+# results in bench/results/latest.json. Never part of `make test`. Settings:
+# BENCH_SECONDS, BENCH_RUNS, ... (see bench/run.py).
+.PHONY: bench
+bench: install ## measure authsvc against the Node baseline and direct asyncpg
+	$(BIN)/python -m bench.run
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
