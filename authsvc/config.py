@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -199,6 +199,12 @@ class Settings(BaseModel):
         alias="AUTHSVC_SHUTDOWN_GRACE_SECONDS",
     )
     log_level: str = Field(default="INFO", alias="AUTHSVC_LOG_LEVEL")
+    # One access event per RPC (`all`), or only for calls that failed
+    # (`errors`): at thousands of verifications a second, the log of every
+    # success is most of the log volume and a fifth of the CPU.
+    access_log: Literal["all", "errors"] = Field(
+        default="all", alias="AUTHSVC_ACCESS_LOG"
+    )
     log_format: str = Field(default="json", alias="AUTHSVC_LOG_FORMAT")
 
     callers: SecretStr | None = Field(default=None, alias="AUTHSVC_CALLERS")
@@ -541,6 +547,7 @@ class Settings(BaseModel):
             "jwks_ttl_seconds": self.jwks_ttl_seconds,
             "jwks_cooldown_seconds": self.jwks_cooldown_seconds,
             "token_cache_entries": self.token_cache_entries,
+            "access_log": self.access_log,
             "database": "set" if self.database_url is not None else "not set",
             "db_schemas": ",".join(self.db_schemas),
             "db_admin": self.db_allow_admin,

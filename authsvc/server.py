@@ -184,6 +184,7 @@ class AuthsvcServer:
             AUTH_SERVICE,
             self.gate,
             self.metrics,
+            log_successes=self.settings.access_log == "all",
         )
         if self.database is not None:
             await self.database.open()
@@ -193,6 +194,7 @@ class AuthsvcServer:
                 DATA_SERVICE,
                 self.gate,
                 self.metrics,
+                log_successes=self.settings.access_log == "all",
             )
             database = self.database
             self.metrics.track_pool(

@@ -292,3 +292,22 @@ async def test_every_admin_write_leaves_an_audit_event(
         ("delete", "public.notes", 1),
     ]
     assert all("caller=tests" in r.getMessage() for r in audits)
+
+
+async def test_access_log_errors_only_logs_failed_calls_but_counts_all(
+    start_server: StartServer,
+    jwks: JwksStub,
+    keys: Keys,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="authsvc.api.status")
+    running = await start_server(jwks, AUTHSVC_ACCESS_LOG="errors")
+
+    await running.verify(es256(keys.ec1))
+    await running.refusal(es256(keys.ec1, supabase_claims(exp=1000)))
+    samples = await _samples(running)
+
+    access = [r for r in caplog.records if r.name == "authsvc.api.status"]
+    assert [getattr(r, "status", None) for r in access] == ["UNAUTHENTICATED"]
+    rpcs = "authsvc_rpcs_total"
+    assert _value(samples, rpcs, method="VerifyToken", caller="tests", code="OK") == 1

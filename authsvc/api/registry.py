@@ -29,6 +29,8 @@ def add_unary_service(
     service: ServiceDescriptor,
     gate: Gate,
     metrics: Metrics,
+    *,
+    log_successes: bool = True,
 ) -> None:
     """Register every (unary) method of `service` implemented by `servicer`,
     each behind the gate."""
@@ -37,7 +39,13 @@ def add_unary_service(
         request_class = GetMessageClass(method.input_type)
         response_class = GetMessageClass(method.output_type)
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-            guarded_unary(method.name, getattr(servicer, method.name), gate, metrics),
+            guarded_unary(
+                method.name,
+                getattr(servicer, method.name),
+                gate,
+                metrics,
+                log_successes=log_successes,
+            ),
             request_deserializer=_tolerant(request_class.FromString),
             response_serializer=response_class.SerializeToString,
         )

@@ -14,6 +14,7 @@ import asyncio
 import collections
 import logging
 import re
+import secrets
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -41,6 +42,7 @@ _CODES: dict[Status, grpc.StatusCode] = {
 AUTHORIZATION = "authorization"
 REQUEST_ID = "x-request-id"
 TRACEPARENT = "traceparent"
+_READ_KEYS = frozenset({AUTHORIZATION, REQUEST_ID, TRACEPARENT})
 _REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _TRACEPARENT_PATTERN = re.compile(
     r"(?P<version>[0-9a-f]{2})-(?P<trace>[0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}"
@@ -110,17 +112,21 @@ def guarded_unary(
     handler: Handler[Request, Response],
     gate: Gate,
     metrics: Metrics,
+    *,
+    log_successes: bool = True,
 ) -> Callable[[Request, grpc.aio.ServicerContext[Any, Any]], Awaitable[Response]]:
     """Wrap one unary handler: admit the caller through the gate, translate
-    errors once, and log and count one access event with method and caller."""
+    errors once, and log and count one access event with method and caller
+    (for a call that succeeded, only if `log_successes`)."""
 
     async def call(
         request: Request, context: grpc.aio.ServicerContext[Any, Any]
     ) -> Response:
         started = time.perf_counter()
-        request_id = _request_id(context)
+        metadata = _metadata(context)
+        request_id = _request_id(metadata)
         fields = {"method": method_name, "caller": "-", "request_id": request_id}
-        trace_id = _trace_id(context)
+        trace_id = _trace_id(metadata)
         if trace_id is not None:
             fields["trace_id"] = trace_id
         log_context = bind_call(**fields, peer=context.peer())
@@ -132,7 +138,7 @@ def guarded_unary(
         caller_name, code, reason = "-", "UNKNOWN", ""
         try:
             caller = gate.recognise(
-                authorization=_metadata_values(context, AUTHORIZATION),
+                authorization=metadata.get(AUTHORIZATION, ()),
                 peer=context.peer(),
                 tls_names=_tls_names(context),
             )
@@ -179,38 +185,40 @@ def guarded_unary(
             raise AssertionError("unreachable: abort raises") from exc
         finally:
             seconds = time.perf_counter() - started
-            _log_access(code, reason, seconds)
+            if log_successes or code != "OK":
+                _log_access(code, reason, seconds)
             metrics.observe_rpc(method_name, caller_name, code, seconds)
             unbind_call(log_context)
 
     return call
 
 
-def _request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+def _metadata(
+    context: grpc.aio.ServicerContext[Any, Any],
+) -> dict[str, list[str]]:
+    """The text metadata this wrapper reads, by key, read once per call."""
+    found: dict[str, list[str]] = {}
+    for name, value in context.invocation_metadata() or ():
+        if name in _READ_KEYS and isinstance(value, str):
+            found.setdefault(name, []).append(value)
+    return found
+
+
+def _request_id(metadata: dict[str, list[str]]) -> str:
     """The caller's x-request-id if it is a sane one, else a new one."""
-    for value in _metadata_values(context, REQUEST_ID):
+    for value in metadata.get(REQUEST_ID, ()):
         if _REQUEST_ID_PATTERN.fullmatch(value):
             return value
-    return uuid.uuid4().hex
+    return secrets.token_hex(16)
 
 
-def _trace_id(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+def _trace_id(metadata: dict[str, list[str]]) -> str | None:
     """The trace id of a W3C traceparent, when the caller sent a valid one."""
-    for value in _metadata_values(context, TRACEPARENT):
+    for value in metadata.get(TRACEPARENT, ()):
         match = _TRACEPARENT_PATTERN.fullmatch(value.strip())
         if match and match["trace"] != "0" * 32 and match["version"] != "ff":
             return match["trace"]
     return None
-
-
-def _metadata_values(
-    context: grpc.aio.ServicerContext[Any, Any], key: str
-) -> list[str]:
-    return [
-        value
-        for name, value in context.invocation_metadata() or ()
-        if name == key and isinstance(value, str)
-    ]
 
 
 def _tls_names(context: grpc.aio.ServicerContext[Any, Any]) -> list[str]:

@@ -69,6 +69,13 @@ def configure_logging(
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+    # Fields no authsvc line uses, each computed for every record otherwise
+    # (the logging docs' "Optimization" list): the caller's source position,
+    # thread and process names.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler.addFilter(_CallFields())
     if worker is not None:
         handler.addFilter(_WorkerField(worker))

@@ -10,7 +10,7 @@ from the proto, caller names from the operator's configuration, reasons from
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -44,6 +44,8 @@ class Metrics:
         platform_collector.PlatformCollector(registry=self.registry)
         gc_collector.GCCollector(registry=self.registry)
 
+        self._rpc_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._verification_children: dict[str | None, Any] = {}
         self.rpcs = Counter(
             "authsvc_rpcs",
             "RPCs handled, by method, caller and gRPC status code.",
@@ -110,12 +112,25 @@ class Metrics:
         )
 
     def observe_rpc(self, method: str, caller: str, code: str, seconds: float) -> None:
-        self.rpcs.labels(method, caller, code).inc()
-        self.rpc_seconds.labels(method, caller).observe(seconds)
+        # The labelled children are looked up once per label set: `labels()`
+        # costs several microseconds on every call otherwise.
+        key = (method, caller, code)
+        children = self._rpc_children.get(key)
+        if children is None:
+            children = self._rpc_children[key] = (
+                self.rpcs.labels(method, caller, code),
+                self.rpc_seconds.labels(method, caller),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observe_verification(self, reason: str | None) -> None:
-        outcome = "accepted" if reason is None else "rejected"
-        self.verifications.labels(outcome, reason or "").inc()
+        child = self._verification_children.get(reason)
+        if child is None:
+            outcome = "accepted" if reason is None else "rejected"
+            child = self.verifications.labels(outcome, reason or "")
+            self._verification_children[reason] = child
+        child.inc()
 
     def observe_jwks_fetch(self, ok: bool) -> None:
         self.jwks_fetches.labels("ok" if ok else "failed").inc()
