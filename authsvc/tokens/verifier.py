@@ -180,7 +180,7 @@ class TokenVerifier:
             )
 
         encoded_header, encoded_payload, encoded_signature = token.split(".")
-        header = _decode_json_object(encoded_header, "header")
+        header, _ = _decode_json_object(encoded_header, "header")
         algorithm, kid, key = await self._select_key(header)
 
         signing_input = token[: len(encoded_header) + 1 + len(encoded_payload)]
@@ -193,11 +193,11 @@ class TokenVerifier:
                 Reason.BAD_SIGNATURE, "signature does not verify with the key"
             )
 
-        claims = _decode_json_object(encoded_payload, "payload")
+        claims, json_values = _decode_json_object(encoded_payload, "payload")
         self._check_claims(claims)
         verified = VerifiedToken(claims=claims, algorithm=algorithm, key_id=kid)
         if digest is not None:
-            cost = estimated_cost(token, _json_values(claims))
+            cost = estimated_cost(token, json_values)
             if self.cache.wants(cost):
                 valid_until = float(claims["exp"]) + self.leeway
                 cached_key = key if kid is not None else None
@@ -367,7 +367,10 @@ def _decode_segment(segment: str, part: str) -> bytes:
         raise _malformed(f"token {part} is not valid base64url") from exc
 
 
-def _decode_json_object(segment: str, part: str) -> dict[str, Any]:
+def _decode_json_object(segment: str, part: str) -> tuple[dict[str, Any], int]:
+    """The JSON object, and an upper estimate of how many values it holds
+    (every value but a container's first follows a comma; containers are
+    counted by their brackets)."""
     raw = _decode_segment(segment, part)
     try:
         text = raw.decode("utf-8")
@@ -382,11 +385,16 @@ def _decode_json_object(segment: str, part: str) -> dict[str, Any]:
         raise _malformed(f"token {part} is not valid JSON") from exc
     if not isinstance(value, dict):
         raise _malformed(f"token {part} is not a JSON object")
-    # Lone surrogates can only come from \u escapes: no escape, no walk needed.
-    problem = _structure_problem(value, check_strings="\\u" in text)
-    if problem is not None:
-        raise _malformed(f"token {part} {problem}")
-    return value
+    containers = text.count("{") + text.count("[")
+    # Lone surrogates can only come from \u escapes, and nesting deeper than
+    # the limit needs more brackets than the limit: without either, the walk
+    # cannot find a problem and is skipped (typical tokens have ~5 brackets).
+    check_strings = "\\u" in text
+    if check_strings or containers > MAX_CLAIM_DEPTH:
+        problem = _structure_problem(value, check_strings=check_strings)
+        if problem is not None:
+            raise _malformed(f"token {part} {problem}")
+    return value, text.count(",") + containers + 1
 
 
 def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -435,20 +443,6 @@ def _structure_problem(value: Any, *, check_strings: bool) -> str | None:
             return f"is nested deeper than {MAX_CLAIM_DEPTH} levels"
         stack.extend((child, level + 1) for child in children)
     return None
-
-
-def _json_values(value: Any) -> int:
-    """How many JSON values (containers and scalars) `value` holds."""
-    count = 0
-    stack = [value]
-    while stack:
-        node = stack.pop()
-        count += 1
-        if isinstance(node, dict):
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
-    return count
 
 
 def _is_unicode(text: str) -> bool:
