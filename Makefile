@@ -29,7 +29,7 @@ pgbouncer:
 image-check: ## build, install and run the wheel the way the image does
 	$(PYTHON) scripts/image_check.py
 
-# Side by side with the Node stack and a direct asyncpg pool; about 5 minutes,
+# Side by side with the Node stack and a direct asyncpg pool; about 6 minutes,
 # results in bench/results/latest.json. Never part of `make test`. Settings:
 # BENCH_SECONDS, BENCH_RUNS, ... (see bench/run.py).
 .PHONY: bench

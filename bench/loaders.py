@@ -22,6 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -190,8 +191,12 @@ async def marked_client(
     warmup: float,
     seconds: float,
     server_pid: int | None,
+    on_mark: Callable[[str], None] | None = None,
 ) -> RunResult:
-    """Run bench.h2client or bench.direct_db; read the server's CPU at its marks."""
+    """Run bench.h2client or bench.direct_db; read the server's CPU at its marks.
+
+    `on_mark`, when given, is also called with each mark as it arrives.
+    """
     start_at = time.time() + START_DELAY_SECONDS
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", module, *args,
@@ -210,6 +215,8 @@ async def marked_client(
                 if line in ("measure-start", "measure-end"):
                     if server_pid is not None:
                         readings.append(cpu_seconds(server_pid))
+                    if on_mark is not None:
+                        on_mark(line)
                 elif line.startswith("{"):
                     result = json.loads(line)
             await process.wait()

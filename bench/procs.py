@@ -4,6 +4,8 @@ CPU time is utime + stime of a process and every descendant alive at the
 moment of reading (server workers, Node cluster workers), so a cell's cost is
 the difference of two readings around it. Children that exit between the two
 readings would be missed; the servers here keep theirs for the whole run.
+RSS is summed over the same tree, once or at intervals through a window
+(`RssSampler`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import contextlib
 import os
 import signal
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -65,6 +68,50 @@ def rss_bytes(pid: int) -> int:
             pages = int(Path(f"/proc/{member}/statm").read_text().split()[1])
             total += pages * PAGE_BYTES
     return total
+
+
+class RssSampler:
+    """`rss_bytes` of a process tree every `every` seconds of a measured window.
+
+    Pass `on_mark` to `loaders.marked_client`: sampling starts at the client's
+    `measure-start` (offset 0), and `measure-end` takes the last sample.
+    """
+
+    def __init__(self, pid: int, every: float, seconds: float) -> None:
+        self.pid = pid
+        self.every = every
+        self.seconds = seconds
+        self.samples: list[tuple[float, int]] = []
+        self._started = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def on_mark(self, mark: str) -> None:
+        if mark == "measure-start":
+            self._started = time.monotonic()
+            self._task = asyncio.ensure_future(self._periodic())
+        elif mark == "measure-end" and self._task is not None:
+            self.stop()
+            self._take()
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    def _take(self) -> None:
+        offset = round(time.monotonic() - self._started, 1)
+        self.samples.append((offset, rss_bytes(self.pid)))
+
+    async def _periodic(self) -> None:
+        # Offsets 0, every, 2 x every, ... short of the window's end, which
+        # `measure-end` samples; each aimed at its own instant, so no drift.
+        step = 0
+        while step * self.every < self.seconds - self.every / 2:
+            await asyncio.sleep(
+                max(0.0, self._started + step * self.every - time.monotonic())
+            )
+            self._take()
+            step += 1
 
 
 def free_port() -> int:

@@ -9,8 +9,11 @@ on loopback, in this order:
    and 2 processes, loaded by wrk;
 3. `authsvc serve` (with `--workers N` when the command has it): VerifyToken
    loaded by bench/h2client.py, the batch RPC when the server has one, and
-   DataService Select;
-4. the same Selects from an app's own asyncpg pool (bench/direct_db.py).
+   DataService Select; then, on the same server, the memory run: its RSS
+   every 5 s through a long ES256 reuse load;
+4. the ES256 reuse cell again on a second `authsvc serve` started with
+   AUTHSVC_ACCESS_LOG=errors (an access event for failed calls only);
+5. the same Selects from an app's own asyncpg pool (bench/direct_db.py).
 
 Same keys (one JWKS on loopback), same tokens, same concurrency for every
 target (see bench/workload.py for the traffic shapes).
@@ -18,9 +21,10 @@ target (see bench/workload.py for the traffic shapes).
 Settings (environment): BENCH_SECONDS (5), BENCH_WARMUP (1), BENCH_RUNS (1;
 the table shows medians), BENCH_CONCURRENCY (64), BENCH_USERS (2000),
 BENCH_WORKERS (CPU count; used when `authsvc serve` has --workers),
-BENCH_BATCH (64 tokens per batch call), BENCH_ONLY (comma list of groups:
-ceiling, node, authsvc, data), BENCH_PYSPY (a py-spy binary: profile authsvc
-during its ES256 and data cells into bench/results/profile-*.txt).
+BENCH_BATCH (64 tokens per batch call), BENCH_MEMORY_SECONDS (60, the
+memory run after its 10 s warm-up), BENCH_ONLY (comma list of groups:
+ceiling, node, authsvc, data, memory), BENCH_PYSPY (a py-spy binary: profile
+authsvc during its ES256 and data cells into bench/results/profile-*.txt).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -46,7 +50,7 @@ from google.protobuf.message_factory import GetMessageClass
 
 from authsvc.v1 import auth_pb2, data_pb2
 from bench import database, loaders, probes, report, tokens
-from bench.procs import Service, free_port, rss_bytes
+from bench.procs import RssSampler, Service, free_port, rss_bytes
 from bench.tools import NODE_DIR, ensure_tools
 from bench.workload import Workload
 from tests.support.callers import ALL_SCOPES, callers_toml
@@ -59,10 +63,16 @@ VERIFY_PATH = "/authsvc.v1.AuthService/VerifyToken"
 BATCH_METHOD = "VerifyTokens"
 SELECT_PATH = "/authsvc.v1.DataService/Select"
 ECHO_PATH = "/bench.Echo/Echo"
-GROUPS = frozenset({"ceiling", "node", "authsvc", "data"})
+GROUPS = frozenset({"ceiling", "node", "authsvc", "data", "memory"})
 DB_POOL_MAX = 10
 H2_CONNECTIONS = 8
 PAUSE_BETWEEN_RUNS_SECONDS = 0.5
+# Long enough for every worker's verified-token cache to hold the whole pool.
+MEMORY_WARMUP_SECONDS = 10.0
+MEMORY_SAMPLE_EVERY_SECONDS = 5.0
+# The issue's bar: RSS stays within 10% of the first sample after warm-up.
+MEMORY_FLAT_WITHIN = 0.10
+ACCESS_LOG_ERRORS_ENV = {"AUTHSVC_ACCESS_LOG": "errors"}
 
 Measure = Callable[[int], Awaitable[loaders.RunResult]]
 
@@ -76,6 +86,7 @@ class Options:
     users: int
     workers: int
     batch: int
+    memory_seconds: float
     only: frozenset[str]
     pyspy: str | None
 
@@ -93,6 +104,7 @@ class Options:
             users=int(env.get("BENCH_USERS", "2000")),
             workers=int(env.get("BENCH_WORKERS", str(os.cpu_count() or 1))),
             batch=int(env.get("BENCH_BATCH", "64")),
+            memory_seconds=float(env.get("BENCH_MEMORY_SECONDS", "60")),
             only=frozenset(only or GROUPS),
             pyspy=env.get("BENCH_PYSPY") or None,
         )
@@ -119,19 +131,21 @@ class Bench:
         spec: dict[str, Any],
         measure: Measure,
         check: Callable[[], Awaitable[str | None]] | None = None,
+        runs: int | None = None,
     ) -> report.Cell:
-        """Run one cell `runs` times; a failure is recorded, never fatal."""
+        """Run one cell `runs` times (BENCH_RUNS unless given); a failure is
+        recorded, never fatal."""
         print("bench: " + " ".join(str(v) for v in spec.values()), flush=True)
         cell: report.Cell = dict(spec)
         try:
             problem = await check() if check is not None else None
             if problem is not None:
                 raise RuntimeError(problem)
-            runs = []
-            for run in range(self.o.runs):
-                runs.append(await measure(run))
+            results = []
+            for run in range(self.o.runs if runs is None else runs):
+                results.append(await measure(run))
                 await asyncio.sleep(PAUSE_BETWEEN_RUNS_SECONDS)
-            cell.update(loaders.median_of(runs))
+            cell.update(loaders.median_of(results))
         except Exception as exc:
             traceback.print_exc()
             cell["error"] = str(exc) or type(exc).__name__
@@ -143,8 +157,18 @@ class Bench:
         self.cells.append(spec | {"skipped": reason})
 
     def h2client(
-        self, port: int, path: str, bodies: Callable[[int], Path], order: str, pid: int
+        self,
+        port: int,
+        path: str,
+        bodies: Callable[[int], Path],
+        order: str,
+        pid: int,
+        *,
+        warmup: float | None = None,
+        seconds: float | None = None,
+        on_mark: Callable[[str], None] | None = None,
     ) -> Measure:
+        """bench/h2client.py; the cell's warm-up and length unless given."""
         streams = max(1, self.o.concurrency // H2_CONNECTIONS)
 
         async def measure(run: int) -> loaders.RunResult:
@@ -156,9 +180,10 @@ class Bench:
                     "--header", f"authorization: Bearer {self.key}",
                     "--connections", str(H2_CONNECTIONS), "--streams", str(streams),
                 ],
-                warmup=self.o.warmup,
-                seconds=self.o.seconds,
+                warmup=self.o.warmup if warmup is None else warmup,
+                seconds=self.o.seconds if seconds is None else seconds,
                 server_pid=pid,
+                on_mark=on_mark,
             )  # fmt: skip
 
         return measure
@@ -277,6 +302,34 @@ class Bench:
     async def authsvc(
         self, jwks_url: str, bench_db: database.BenchDatabase | None
     ) -> None:
+        """The default server's cells, then the access-log variant's."""
+        service, port, ops_port = await self._start_authsvc(jwks_url, bench_db)
+        before = rss_bytes(service.pid)
+        try:
+            if "authsvc" in self.o.only:
+                await self._verify(port, service.pid)
+            if bench_db is not None:
+                await self._select(port, service.pid, bench_db)
+            if {"authsvc", "data"} & self.o.only:
+                self.rss["authsvc"] = (before, rss_bytes(service.pid))
+            # Read before the memory run, so the cache figures are the cells'.
+            self.metrics = await probes.authsvc_metrics(ops_port)
+            if "memory" in self.o.only:
+                await self._memory(port, service.pid)
+        finally:
+            await service.stop()
+
+        if "authsvc" in self.o.only:
+            await self._access_log_errors(jwks_url, bench_db)
+
+    async def _start_authsvc(
+        self,
+        jwks_url: str,
+        bench_db: database.BenchDatabase | None,
+        extra_env: Mapping[str, str] | None = None,
+        name: str = "authsvc",
+    ) -> tuple[Service, int, int]:
+        """A ready `authsvc serve`, its gRPC port and its ops port."""
         port, ops_port = free_port(), free_port()
         command = [str(VENV_BIN / "authsvc"), "serve"]
         if self.authsvc_workers > 1:
@@ -304,18 +357,10 @@ class Bench:
                 "AUTHSVC_DB_ALLOW_ADMIN": "true",
                 "AUTHSVC_DB_POOL_MAX": str(DB_POOL_MAX),
             }
-        service = Service("authsvc", command, env, RESULTS_DIR / "authsvc.log")
+        env |= extra_env or {}
+        service = Service(name, command, env, RESULTS_DIR / f"{name}.log")
         await service.start(lambda: probes.http_ready(ops_port, "/readyz"))
-        before = rss_bytes(service.pid)
-        try:
-            if "authsvc" in self.o.only:
-                await self._verify(port, service.pid)
-            if bench_db is not None:
-                await self._select(port, service.pid, bench_db)
-            self.rss["authsvc"] = (before, rss_bytes(service.pid))
-            self.metrics = await probes.authsvc_metrics(ops_port)
-        finally:
-            await service.stop()
+        return service, port, ops_port
 
     async def _verify(self, port: int, pid: int) -> None:
         for alg in tokens.ALGORITHMS:
@@ -347,6 +392,66 @@ class Bench:
             self.h2load(port, VERIFY_PATH, one, pid),
             self.check(port, VERIFY_PATH, one),
         )  # fmt: skip
+
+    async def _access_log_errors(
+        self, jwks_url: str, bench_db: database.BenchDatabase | None
+    ) -> None:
+        """ES256 reuse on a server that logs only failed calls, for the row
+        next to the default's; everything else as for the default server."""
+        spec = {"group": "verify", "target": "authsvc", "processes": self.authsvc_workers,
+                "alg": "ES256", "shape": "reuse", "loader": "h2client",
+                "access_log": "errors"}  # fmt: skip
+        try:
+            service, port, _ = await self._start_authsvc(
+                jwks_url, bench_db, ACCESS_LOG_ERRORS_ENV, "authsvc-access-log-errors"
+            )
+        except RuntimeError as exc:
+            self.cells.append(spec | {"error": str(exc)})
+            return
+        try:
+            await self.cell(
+                spec,
+                self.h2client(
+                    port,
+                    VERIFY_PATH,
+                    lambda run: self.w.verify_bodies("ES256", "reuse", run),
+                    "random",
+                    service.pid,
+                ),
+                self.check(port, VERIFY_PATH, self.w.one_body("ES256")),
+            )
+        finally:
+            await service.stop()
+
+    async def _memory(self, port: int, pid: int) -> None:
+        """RSS of the supervisor and its workers through one long ES256 reuse
+        run, sampled every few seconds after a warm-up."""
+        seconds = self.o.memory_seconds
+        sampler = RssSampler(pid, MEMORY_SAMPLE_EVERY_SECONDS, seconds)
+        spec = {"group": "memory", "target": "authsvc", "processes": self.authsvc_workers,
+                "alg": "ES256", "shape": "reuse", "loader": "h2client",
+                "warmup": MEMORY_WARMUP_SECONDS, "seconds": seconds,
+                "sample_every": MEMORY_SAMPLE_EVERY_SECONDS}  # fmt: skip
+        try:
+            cell = await self.cell(
+                spec,
+                self.h2client(
+                    port,
+                    VERIFY_PATH,
+                    lambda run: self.w.verify_bodies("ES256", "reuse", run),
+                    "random",
+                    pid,
+                    warmup=MEMORY_WARMUP_SECONDS,
+                    seconds=seconds,
+                    on_mark=sampler.on_mark,
+                ),
+                self.check(port, VERIFY_PATH, self.w.one_body("ES256")),
+                runs=1,
+            )
+        finally:
+            sampler.stop()
+        if not cell.get("error"):
+            cell.update(_rss_summary(sampler.samples))
 
     async def _batch(self, port: int, pid: int, alg: str) -> None:
         spec = {"group": "verify", "target": "authsvc", "processes": self.authsvc_workers,
@@ -489,7 +594,7 @@ class Bench:
                 await self.ceilings()
             if "node" in self.o.only:
                 await self.node(jwks.url)
-            if {"authsvc", "data"} & self.o.only:
+            if {"authsvc", "data", "memory"} & self.o.only:
                 await self.authsvc(jwks.url, bench_db)
             if bench_db is not None:
                 await self.direct(bench_db)
@@ -515,6 +620,7 @@ class Bench:
             "concurrency": self.o.concurrency,
             "users": self.o.users,
             "batch": self.o.batch,
+            "memory_seconds": self.o.memory_seconds,
             "authsvc_workers": self.authsvc_workers,
             "workers_note": self.workers_note,
             "pyjwt": _version("pyjwt"),
@@ -530,6 +636,25 @@ class Bench:
             "loadavg_before": self.load_before,
             "loadavg_after": os.getloadavg(),
         }
+
+
+def _rss_summary(samples: list[tuple[float, int]]) -> dict[str, Any]:
+    """First, last, min and max RSS of a run, and whether it stayed flat."""
+    if not samples:
+        return {"rss_samples": [], "rss_flat": None}
+    values = [rss for _, rss in samples]
+    first = values[0]
+    return {
+        "rss_samples": [{"second": s, "bytes": rss} for s, rss in samples],
+        "rss_first": first,
+        "rss_last": values[-1],
+        "rss_min": min(values),
+        "rss_max": max(values),
+        "rss_last_over_first": values[-1] / first,
+        "rss_max_over_first": max(values) / first,
+        "rss_flat_within": MEMORY_FLAT_WITHIN,
+        "rss_flat": all(abs(v / first - 1) <= MEMORY_FLAT_WITHIN for v in values),
+    }
 
 
 def _batch_refusal(response: Any) -> str | None:
