@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -215,8 +216,19 @@ def _serve(args: argparse.Namespace) -> int:
             )
     if settings.worker_count > 1:
         return asyncio.run(_supervise(settings, environ))
-    asyncio.run(serve(settings))
+    # A serving process runs on uvloop; the supervisor, which only waits on
+    # its workers, keeps asyncio's loop.
+    with asyncio.Runner(loop_factory=_serving_loop_factory()) as runner:
+        runner.run(serve(settings))
     return 0
+
+
+def _serving_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:  # not installed (e.g. Windows): asyncio's own loop
+        return None
+    return uvloop.new_event_loop
 
 
 async def _supervise(settings: Settings, environ: dict[str, str]) -> int:

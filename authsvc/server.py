@@ -215,10 +215,11 @@ class AuthsvcServer:
         self.port = self._bind(self.settings.listen_addr)
         await self._grpc.start()
         logger.info(
-            "listening addr=%s port=%d version=%s",
+            "listening addr=%s port=%d version=%s loop=%s",
             self.settings.listen_addr,
             self.port,
             __version__,
+            type(asyncio.get_running_loop()).__module__.partition(".")[0],
         )
         await self._start_ops()
 

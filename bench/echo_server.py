@@ -1,7 +1,7 @@
 """The bare gRPC ceiling: a trivial echo RPC on authsvc's server set-up.
 
 Same `grpc.aio` server, same server options (`authsvc.server.server_options`
-with default settings) and the same event loop as `authsvc serve`; the one
+with default settings) and the same event loop as `authsvc serve` (uvloop); the one
 method `/bench.Echo/Echo` returns the request bytes unchanged, with no
 deserialisation, no caller check and no logging. With `--workers N` it runs
 N processes on one port (SO_REUSEPORT, the only option changed), the way
@@ -21,6 +21,7 @@ from typing import Any
 
 import grpc
 
+from authsvc.cli import _serving_loop_factory
 from authsvc.config import Settings
 from authsvc.server import server_options
 
@@ -61,7 +62,9 @@ async def _serve(port: int, workers: int) -> None:
 
 
 def _worker(port: int, workers: int) -> None:
-    asyncio.run(_serve(port, workers))
+    # The same event loop as `authsvc serve` (authsvc.cli picks uvloop).
+    with asyncio.Runner(loop_factory=_serving_loop_factory()) as runner:
+        runner.run(_serve(port, workers))
 
 
 def main() -> None:

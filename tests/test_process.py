@@ -510,5 +510,10 @@ async def test_logs_are_json_lines_with_request_ids_and_no_secret(
     assert access[1]["request_id"] == "req-43"
     assert {e["level"] for e in events} <= {"INFO", "WARNING"}
     assert any("hs256_secret=set" in e["message"] for e in events)
+    # `authsvc serve` serves on uvloop.
+    assert any(
+        e["message"].startswith("listening ") and e["message"].endswith("loop=uvloop")
+        for e in events
+    )
     for secret_text in (secret, good, expired, TEST_CALLER_KEY, good.split(".")[2]):
         assert secret_text not in stdout.decode()
