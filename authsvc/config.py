@@ -177,6 +177,9 @@ class Settings(BaseModel):
         le=1024 * 1024,
         alias="AUTHSVC_MAX_TOKEN_BYTES",
     )
+    max_connection_age_seconds: float = Field(
+        default=300, ge=1, le=86400, alias="AUTHSVC_MAX_CONNECTION_AGE_SECONDS"
+    )
     token_cache_entries: int = Field(
         default=DEFAULT_TOKEN_CACHE_ENTRIES,
         ge=0,

@@ -62,6 +62,7 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 KEEPALIVE_TIME_MS = 60_000
 KEEPALIVE_TIMEOUT_MS = 20_000
 MIN_CLIENT_PING_INTERVAL_MS = 5_000
+MAX_CONNECTION_AGE_GRACE_MS = 30_000
 KEY_RETRY_MIN_SECONDS = 1.0
 KEY_RETRY_MAX_SECONDS = 30.0
 HTTP_CONNECT_TIMEOUT_SECONDS = 3.0
@@ -95,6 +96,16 @@ def server_options(settings: Settings) -> Sequence[tuple[str, Any]]:
         ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
         ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
         ("grpc.keepalive_permit_without_calls", 1),
+        # gRPC clients resolve `<app>.internal` again only when a connection
+        # ends, so without an age limit a new Machine would never get calls
+        # from clients already connected. After this age the server sends
+        # GOAWAY; calls in progress get the grace period to finish, and the
+        # client reconnects (re-resolving) for the next one.
+        (
+            "grpc.max_connection_age_ms",
+            round(settings.max_connection_age_seconds * 1000),
+        ),
+        ("grpc.max_connection_age_grace_ms", MAX_CONNECTION_AGE_GRACE_MS),
         (
             "grpc.http2.min_recv_ping_interval_without_data_ms",
             MIN_CLIENT_PING_INTERVAL_MS,

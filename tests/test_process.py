@@ -517,3 +517,34 @@ async def test_logs_are_json_lines_with_request_ids_and_no_secret(
     )
     for secret_text in (secret, good, expired, TEST_CALLER_KEY, good.split(".")[2]):
         assert secret_text not in stdout.decode()
+
+
+async def test_an_old_connection_is_closed_so_clients_resolve_again(
+    jwks: JwksStub, keys: Keys
+) -> None:
+    """gRPC clients re-resolve a name (Fly's `.internal`) only when a
+    connection ends: the server ends them after AUTHSVC_MAX_CONNECTION_AGE_SECONDS,
+    and the same channel carries on over a new connection."""
+    port = free_port()
+    env = serve_env(jwks, port, AUTHSVC_MAX_CONNECTION_AGE_SECONDS="1")
+    process = await spawn("serve", env=env, port=port)
+    try:
+        await process.wait_serving()
+        async with caller_channel(process.target, TEST_CALLER_KEY) as channel:
+            stub = auth_pb2_grpc.AuthServiceStub(channel)
+            request = auth_pb2.VerifyTokenRequest(token=es256(keys.ec1))
+            await stub.VerifyToken(request, timeout=10)
+            await asyncio.sleep(2.5)
+            await stub.VerifyToken(request, timeout=10)
+    finally:
+        process.proc.send_signal(signal.SIGTERM)
+        stdout, _ = await asyncio.wait_for(process.proc.communicate(), 15)
+
+    events = [json.loads(line) for line in stdout.decode().splitlines()]
+    peers = [
+        e["peer"]
+        for e in events
+        if e["logger"] == "authsvc.api.status" and e.get("status") == "OK"
+    ]
+    assert len(peers) == 2
+    assert peers[0] != peers[1]  # another client port: a new connection
