@@ -20,17 +20,9 @@ from typing import Any
 
 import asyncpg
 
+from authsvc.data.runner import SETUP_SQL  # the very settings authsvc makes
 from bench.h2client import percentile, say
 
-# The same settings authsvc's runner makes in every data transaction.
-SETUP_SQL = (
-    "SELECT set_config('role', $1, true), "
-    "set_config('request.jwt.claims', $2, true), "
-    "set_config('request.jwt.claim.sub', $3, true), "
-    "set_config('request.jwt.claim.role', $4, true), "
-    "set_config('statement_timeout', $5, true), "
-    "set_config('request.jwt.claim', '', true)"
-)
 STATEMENT_TIMEOUT_MS = "10000"
 ADMIN_ROLE = "service_role"
 USER_ROLE = "authenticated"

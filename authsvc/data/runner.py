@@ -38,7 +38,9 @@ ADMIN_ROLE = "service_role"
 ANON_ROLE = "anon"
 MIN_STATEMENT_TIMEOUT_MS = 1
 
-_SETUP_SQL = (
+# Every data transaction's settings (public: the bench's direct baseline
+# runs the same statement).
+SETUP_SQL = (
     "SELECT set_config('role', $1, true), "
     "set_config('request.jwt.claims', $2, true), "
     "set_config('request.jwt.claim.sub', $3, true), "
@@ -141,7 +143,7 @@ class Runner:
         self, conn: Any, statement: Statement, settings: tuple[str, ...]
     ) -> Result:
         async with conn.transaction(readonly=statement.read_only):
-            await conn.execute(_SETUP_SQL, *settings)
+            await conn.execute(SETUP_SQL, *settings)
             row = await conn.fetchrow(statement.sql, *statement.params)
             # Raised inside the transaction, so a refused write rolls back.
             return self._result(statement, row)
