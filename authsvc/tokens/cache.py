@@ -94,12 +94,10 @@ class VerifiedTokenCache:
             self.hits -= 1
             self.misses += 1
 
-    def wants(self, cost: int) -> bool:
-        """Whether an entry of this estimated size would be kept."""
-        return bool(self.max_entries) and cost <= self.max_bytes // LARGEST_SHARE
-
     def put(self, digest: bytes, entry: CachedToken) -> None:
-        if not self.wants(entry.cost):
+        """Keep an entry, evicting the least recently used past either bound;
+        one estimated above a 64th of the byte budget is not kept."""
+        if not self.max_entries or entry.cost > self.max_bytes // LARGEST_SHARE:
             return
         self._remove(digest)
         self._entries[digest] = entry

@@ -197,12 +197,10 @@ class TokenVerifier:
         self._check_claims(claims)
         verified = VerifiedToken(claims=claims, algorithm=algorithm, key_id=kid)
         if digest is not None:
+            valid_until = float(claims["exp"]) + self.leeway
             cost = estimated_cost(token, json_values)
-            if self.cache.wants(cost):
-                valid_until = float(claims["exp"]) + self.leeway
-                cached_key = key if kid is not None else None
-                entry = CachedToken(verified, cached_key, valid_until, cost)
-                self.cache.put(digest, entry)
+            cached_key = key if kid is not None else None
+            self.cache.put(digest, CachedToken(verified, cached_key, valid_until, cost))
         if reject_anonymous and verified.is_anonymous:
             raise AnonymousNotAllowed()
         return verified
