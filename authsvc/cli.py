@@ -218,12 +218,12 @@ def _serve(args: argparse.Namespace) -> int:
         return asyncio.run(_supervise(settings, environ))
     # A serving process runs on uvloop; the supervisor, which only waits on
     # its workers, keeps asyncio's loop.
-    with asyncio.Runner(loop_factory=_serving_loop_factory()) as runner:
+    with asyncio.Runner(loop_factory=serving_loop_factory()) as runner:
         runner.run(serve(settings))
     return 0
 
 
-def _serving_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+def serving_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     try:
         import uvloop
     except ImportError:  # not installed (e.g. Windows): asyncio's own loop

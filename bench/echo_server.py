@@ -21,7 +21,7 @@ from typing import Any
 
 import grpc
 
-from authsvc.cli import _serving_loop_factory
+from authsvc.cli import serving_loop_factory
 from authsvc.config import Settings
 from authsvc.server import server_options
 
@@ -63,7 +63,7 @@ async def _serve(port: int, workers: int) -> None:
 
 def _worker(port: int, workers: int) -> None:
     # The same event loop as `authsvc serve` (authsvc.cli picks uvloop).
-    with asyncio.Runner(loop_factory=_serving_loop_factory()) as runner:
+    with asyncio.Runner(loop_factory=serving_loop_factory()) as runner:
         runner.run(_serve(port, workers))
 
 
