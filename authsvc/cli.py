@@ -46,13 +46,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handler = args.handler
     try:
-        return int(handler(args))
+        code = int(handler(args))
+        sys.stdout.flush()  # here, where a closed pipe can still be handled
+        return code
     except ConfigError as exc:
         print(f"authsvc: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except BindError as exc:
         logger.error("start-up failed: %s", exc)
         print(f"authsvc: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except BrokenPipeError:
+        # The reader went away (`authsvc verify … | head`): nothing to say to
+        # it, and nothing more to write at exit either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FAILED
 
 

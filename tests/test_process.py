@@ -548,3 +548,20 @@ async def test_an_old_connection_is_closed_so_clients_resolve_again(
     ]
     assert len(peers) == 2
     assert peers[0] != peers[1]  # another client port: a new connection
+
+
+def test_output_to_a_reader_that_went_away_is_no_traceback(tmp_path: Path) -> None:
+    """`authsvc token | head -c 1` and the like: the pipe closes early."""
+    process = subprocess.Popen(
+        [AUTHSVC, "token"],
+        env={"PATH": os.environ["PATH"], "AUTHSVC_DEV_DIR": str(tmp_path)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    process.stdout.close()  # before the token is written
+
+    _, stderr = process.communicate(timeout=30)
+
+    assert "Traceback" not in stderr.decode()
+    assert "BrokenPipeError" not in stderr.decode()
