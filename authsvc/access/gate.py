@@ -61,6 +61,16 @@ class Gate:
         self._limiters = limiters
         self.callers = callers
 
+    def acquire(self, caller: Caller) -> CallerLimiter:
+        """Step two: take one of the caller's concurrency slots and one unit
+        of its rate (or raise ResourceExhausted); `release()` the returned
+        limiter when the call ends."""
+        limiter = self._limiters.get(caller.name) or CallerLimiter(
+            caller.name, *self._limits_of(caller)
+        )
+        limiter.acquire()
+        return limiter
+
     @contextmanager
     def admit(
         self, *, authorization: Sequence[str], peer: str, tls_names: Sequence[str]
@@ -69,14 +79,17 @@ class Gate:
         caller = self.recognise(
             authorization=authorization, peer=peer, tls_names=tls_names
         )
-        with self.limited(caller):
+        limiter = self.acquire(caller)
+        try:
             yield caller
+        finally:
+            limiter.release()
 
     def recognise(
         self, *, authorization: Sequence[str], peer: str, tls_names: Sequence[str]
     ) -> Caller:
         """Step one: the network allowlist, then who is calling. Separate from
-        `limited` so a call refused by a limit is still logged under its caller."""
+        `acquire` so a call refused by a limit is still logged under its caller."""
         if self._networks and not allowed(peer, self._networks):
             raise PermissionDenied(
                 Reason.NETWORK_NOT_ALLOWED,
@@ -84,19 +97,6 @@ class Gate:
                 "(the operator sets AUTHSVC_ALLOWED_NETWORKS)",
             )
         return self.identify(authorization, tls_names)
-
-    @contextmanager
-    def limited(self, caller: Caller) -> Iterator[None]:
-        """Step two: hold one of the caller's concurrency slots and one unit
-        of its rate for the duration of the block."""
-        limiter = self._limiters.get(caller.name) or CallerLimiter(
-            caller.name, *self._limits_of(caller)
-        )
-        limiter.acquire()
-        try:
-            yield
-        finally:
-            limiter.release()
 
     def identify(
         self, authorization: Sequence[str], tls_names: Sequence[str]

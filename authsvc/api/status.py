@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
+import os
 import re
 import secrets
 import time
@@ -27,7 +29,7 @@ from grpc_status import rpc_status
 
 from authsvc.access import Caller, Gate
 from authsvc.errors import ERROR_DOMAIN, AuthsvcError, InvalidArgument, Reason, Status
-from authsvc.ops.logging import bind_call, unbind_call
+from authsvc.ops.logging import bind_call, log_access, unbind_call
 from authsvc.ops.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -43,6 +45,20 @@ AUTHORIZATION = "authorization"
 REQUEST_ID = "x-request-id"
 TRACEPARENT = "traceparent"
 _READ_KEYS = frozenset({AUTHORIZATION, REQUEST_ID, TRACEPARENT})
+# Generated ids are 32 hex digits: 64 random bits per process, then a
+# counter. As unique as random ids across processes and restarts, without a
+# call to the system's random source on every call (they need not be secret).
+_request_id_prefix = secrets.token_hex(8)
+_request_numbers = itertools.count(1)
+
+
+def _new_request_id_prefix() -> None:
+    global _request_id_prefix, _request_numbers
+    _request_id_prefix = secrets.token_hex(8)
+    _request_numbers = itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_new_request_id_prefix)
 _REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _TRACEPARENT_PATTERN = re.compile(
     r"(?P<version>[0-9a-f]{2})-(?P<trace>[0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}"
@@ -125,12 +141,16 @@ def guarded_unary(
         started = time.perf_counter()
         metadata = _metadata(context)
         request_id = _request_id(metadata)
-        fields = {"method": method_name, "caller": "-", "request_id": request_id}
-        trace_id = _trace_id(metadata)
-        if trace_id is not None:
-            fields["trace_id"] = trace_id
         peer = context.peer()
-        log_context = bind_call(**fields, peer=peer)
+        trace_id = _trace_id(metadata)
+        traced = () if trace_id is None else (("trace_id", trace_id),)
+        log_context = bind_call(
+            ("method", method_name),
+            ("caller", "-"),
+            ("request_id", request_id),
+            *traced,
+            ("peer", peer),
+        )
         # The id goes out in the trailers, with the status, whatever the
         # outcome. Not in early headers: those cost an extra operation per
         # call (about 15% of a cache hit's CPU) and would make every error
@@ -138,14 +158,23 @@ def guarded_unary(
         # or JWKS outage on this Machine) could never be retried on another.
         caller_name, code, reason = "-", "UNKNOWN", ""
         try:
+            authorization = metadata.get(AUTHORIZATION, ())
             caller = gate.recognise(
-                authorization=metadata.get(AUTHORIZATION, ()),
+                authorization=authorization,
                 peer=peer,
-                tls_names=_tls_names(context),
+                # A key, when sent, decides; the certificate is read otherwise.
+                tls_names=() if authorization else _tls_names(context),
             )
             caller_name = caller.name
-            bind_call(**{**fields, "caller": caller.name}, peer=peer)
-            with gate.limited(caller):
+            bind_call(
+                ("method", method_name),
+                ("caller", caller_name),
+                ("request_id", request_id),
+                *traced,
+                ("peer", peer),
+            )
+            limiter = gate.acquire(caller)
+            try:
                 if isinstance(request, UndecodableRequest):
                     raise InvalidArgument(
                         Reason.MALFORMED_REQUEST,
@@ -153,6 +182,8 @@ def guarded_unary(
                         f"({request.problem}); send a valid protobuf message",
                     )
                 response = await handler(request, context, caller)
+            finally:
+                limiter.release()
             code = "OK"
             context.set_trailing_metadata(((REQUEST_ID, request_id),))
             return response
@@ -187,7 +218,7 @@ def guarded_unary(
         finally:
             seconds = time.perf_counter() - started
             if log_successes or code != "OK":
-                _log_access(code, reason, seconds)
+                log_access(code, reason, seconds)
             metrics.observe_rpc(method_name, caller_name, code, seconds)
             unbind_call(log_context)
 
@@ -210,7 +241,7 @@ def _request_id(metadata: dict[str, list[str]]) -> str:
     for value in metadata.get(REQUEST_ID, ()):
         if _REQUEST_ID_PATTERN.fullmatch(value):
             return value
-    return secrets.token_hex(16)
+    return f"{_request_id_prefix}{next(_request_numbers):016x}"
 
 
 def _trace_id(metadata: dict[str, list[str]]) -> str | None:
@@ -241,14 +272,3 @@ def _shortened(text: str, limit: int) -> str:
 def _valid_utf8(text: str) -> str:
     """Text that protobuf can encode: a lone surrogate would break the status."""
     return text.encode("utf-8", "replace").decode("utf-8")
-
-
-def _log_access(status: str, reason: str, seconds: float) -> None:
-    duration_ms = round(seconds * 1000, 2)
-    logger.info(
-        "rpc status=%s reason=%s duration_ms=%.2f",
-        status,
-        reason or "-",
-        duration_ms,
-        extra={"status": status, "reason": reason, "duration_ms": duration_ms},
-    )
