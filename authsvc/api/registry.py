@@ -5,7 +5,8 @@ gRPC directly; when it raises (invalid UTF-8 in a string field, a truncated
 message), gRPC answers UNKNOWN with the Python exception text. Here each
 method's parser is wrapped: a message that cannot be decoded reaches the
 handler as an `UndecodableRequest`, which `guarded_unary` turns into
-INVALID_ARGUMENT (after the caller is admitted).
+INVALID_ARGUMENT (after the caller is admitted). A handler may return its
+response already serialized, as bytes.
 """
 
 from __future__ import annotations
@@ -47,12 +48,24 @@ def add_unary_service(
                 log_successes=log_successes,
             ),
             request_deserializer=_tolerant(request_class.FromString),
-            response_serializer=response_class.SerializeToString,
+            response_serializer=_serializer(response_class.SerializeToString),
         )
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(service.full_name, handlers),)
     )
     server.add_registered_method_handlers(service.full_name, handlers)
+
+
+def _serializer(serialize: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
+    """Serialize a response message; a handler may also return the message
+    already serialized (a cached response), which goes out as it is."""
+
+    def serialize_response(response: Any) -> bytes:
+        if type(response) is bytes:
+            return response
+        return serialize(response)
+
+    return serialize_response
 
 
 def _tolerant(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:

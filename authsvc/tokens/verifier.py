@@ -48,6 +48,9 @@ MAX_TIMESTAMP = 253_402_300_799
 MAX_JSON_INTEGER = 2**63
 MAX_ALG_CHARS_SHOWN = 32
 BEARER_PREFIX = "bearer "
+# Parsed token headers kept at once (a project has a handful of keys; the
+# set is emptied when full, so headers made up by a caller cannot grow it).
+MAX_REMEMBERED_HEADERS = 64
 
 # The signature may be empty so that an unsecured token (`alg: none`) gets
 # ALGORITHM_NOT_ALLOWED rather than a vaguer MALFORMED.
@@ -133,6 +136,9 @@ class TokenVerifier:
         self._clock = clock
         self.cache = VerifiedTokenCache(cache_entries, cache_bytes)
         self._warned_missing: set[str] = set()
+        # Every token signed with one key has the same header text: parsed
+        # headers by that text (read only; nothing is decided here).
+        self._headers: dict[str, dict[str, Any]] = {}
         # Told each outcome: None when accepted, else the reason (for metrics).
         self.on_result: Callable[[str | None], None] | None = None
 
@@ -180,7 +186,12 @@ class TokenVerifier:
             )
 
         encoded_header, encoded_payload, encoded_signature = token.split(".")
-        header, _ = _decode_json_object(encoded_header, "header")
+        header = self._headers.get(encoded_header)
+        if header is None:
+            header, _ = _decode_json_object(encoded_header, "header")
+            if len(self._headers) >= MAX_REMEMBERED_HEADERS:
+                self._headers.clear()
+            self._headers[encoded_header] = header
         algorithm, kid, key = await self._select_key(header)
 
         signing_input = token[: len(encoded_header) + 1 + len(encoded_payload)]
