@@ -13,6 +13,7 @@ of it, whether this one committed or failed.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -127,12 +128,18 @@ class Runner:
         waiting = True
         self.waiting += 1
         try:
-            async with self._pool.acquire(timeout=self._acquire_timeout) as conn:
-                waiting = False
-                self.waiting -= 1
+            # The deadline is ours rather than the pool's `timeout=`, which
+            # runs every acquire as a task of its own (asyncio.wait_for).
+            async with asyncio.timeout(self._acquire_timeout):
+                conn = await self._pool.acquire()
+            waiting = False
+            self.waiting -= 1
+            try:
                 return await self._in_transaction(
                     conn, statement, (role, claims, sub, role, timeout_ms)
                 )
+            finally:
+                await self._pool.release(conn, timeout=self._acquire_timeout)
         except (asyncpg.PostgresError, *CONNECTION_ERRORS) as exc:
             raise translate(exc, admin=run_as.admin) from exc
         finally:
