@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import select
 import sys
 from contextvars import ContextVar, Token
 from datetime import UTC, datetime
+from json.encoder import encode_basestring_ascii
 
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
@@ -141,26 +141,28 @@ class _DirectAccessLog:
 
     def __init__(self, fd: int, worker: int | None) -> None:
         self._fd = fd
-        self._worker = worker
+        self._worker_field = "" if worker is None else f', "worker": {worker:d}'
         self._pending: list[bytes] = []
         self._pending_bytes = 0
         self._flush_scheduled = False
 
     def write(self, status: str, reason: str, duration_ms: float) -> None:
-        event: dict[str, object] = {
-            "level": "INFO",
-            "logger": ACCESS_LOGGER,
-            "message": f"rpc status={status} reason={reason or '-'} "
-            f"duration_ms={duration_ms:.2f}",
-        }
-        event.update(_CALL.get())
-        event["status"] = status
-        event["reason"] = reason
-        event["duration_ms"] = duration_ms
-        if self._worker is not None:
-            event["worker"] = self._worker
-        event["time"] = datetime.now(UTC).isoformat()
-        line = (json.dumps(event) + "\n").encode()
+        # The object is spelled out rather than passed to json.dumps (a few
+        # microseconds less per call); every string goes through json's own
+        # encoder, and test_access_log holds the result to JsonFormatter's.
+        quote = encode_basestring_ascii
+        message = (
+            f"rpc status={status} reason={reason or '-'} duration_ms={duration_ms:.2f}"
+        )
+        fields = "".join(
+            f", {quote(key)}: {quote(value)}" for key, value in _CALL.get()
+        )
+        line = (
+            f'{{"level": "INFO", "logger": "{ACCESS_LOGGER}", '
+            f'"message": {quote(message)}{fields}, "status": {quote(status)}, '
+            f'"reason": {quote(reason)}, "duration_ms": {duration_ms!r}'
+            f'{self._worker_field}, "time": "{datetime.now(UTC).isoformat()}"}}\n'
+        ).encode()
         self._pending.append(line)
         self._pending_bytes += len(line)
         if self._pending_bytes >= MAX_PENDING_BYTES:
