@@ -40,6 +40,11 @@ async def stub(
         "TRUNCATE public.accounts; INSERT INTO public.accounts (id, email) "
         "VALUES (1, 'a@x'), (2, 'b@x'), (3, 'c@x')"
     )
+    await db.execute_as_superuser(
+        "CREATE TABLE IF NOT EXISTS public.seats (org int, seat int, "
+        "PRIMARY KEY (org, seat)); GRANT SELECT ON public.seats TO service_role; "
+        "TRUNCATE public.seats; INSERT INTO public.seats VALUES (1, 1), (1, 2), (1, 3)"
+    )
     server = await start_server(
         jwks, DATABASE_URL=pooled(bouncer, db), AUTHSVC_DB_ALLOW_ADMIN="true", **LIMITS
     )
@@ -199,3 +204,75 @@ async def test_rows_returned_at_the_cap_are_whole_and_past_it_are_truncated(
 
     assert (len(json.loads(at_edge.rows_json)), at_edge.truncated) == (2, False)
     assert (len(json.loads(past.rows_json)), past.truncated) == (2, True)
+
+
+async def test_truncation_keeps_the_first_rows_in_order_and_a_key_lookup_is_whole(
+    stub: data_pb2_grpc.DataServiceStub,
+) -> None:
+    async def select(where: data_pb2.Filter | None, descending: bool) -> Any:
+        return await stub.Select(
+            data_pb2.SelectRequest(
+                mode=ADMIN,
+                target=ACCOUNTS,
+                columns=["id", "email"],
+                filter=where,
+                order=[data_pb2.OrderBy(column="id", descending=descending)],
+            ),
+            timeout=10,
+        )
+
+    newest = await select(None, descending=True)
+    oldest = await select(None, descending=False)
+    # The primary key pinned: one row at most, so no truncation to detect.
+    by_key = await select(_cond(data_pb2.EQ, 3), descending=False)
+    # Equal to a key in one branch of an OR pins nothing.
+    either = await select(
+        _any(_cond(data_pb2.EQ, 1), _cond(data_pb2.GT, 1)), descending=False
+    )
+
+    assert (json.loads(newest.rows_json), newest.truncated) == (
+        [{"id": 3, "email": "c@x"}, {"id": 2, "email": "b@x"}],
+        True,
+    )
+    assert [r["id"] for r in json.loads(oldest.rows_json)] == [1, 2]
+    assert (json.loads(by_key.rows_json), by_key.truncated, by_key.affected) == (
+        [{"id": 3, "email": "c@x"}],
+        False,
+        1,
+    )
+    assert ([r["id"] for r in json.loads(either.rows_json)], either.truncated) == (
+        [1, 2],
+        True,
+    )
+
+
+async def test_half_of_a_composite_key_pins_nothing(
+    stub: data_pb2_grpc.DataServiceStub,
+) -> None:
+    def where(**values: int) -> data_pb2.Filter:
+        conditions = [
+            data_pb2.Filter(
+                condition=data_pb2.Condition(
+                    column=name, op=data_pb2.EQ, value_json=str(value)
+                )
+            )
+            for name, value in values.items()
+        ]
+        return data_pb2.Filter(all_of=data_pb2.FilterGroup(filters=conditions))
+
+    async def select(where: data_pb2.Filter) -> Any:
+        return await stub.Select(
+            data_pb2.SelectRequest(
+                mode=ADMIN, target=data_pb2.Target(table="seats"), filter=where
+            ),
+            timeout=10,
+        )
+
+    half = await select(where(org=1))
+    whole = await select(where(org=1, seat=2))
+
+    assert (len(json.loads(half.rows_json)), half.truncated) == (2, True)
+    assert (json.loads(whole.rows_json), whole.truncated) == (
+        [{"org": 1, "seat": 2}],
+        False,
+    )

@@ -40,6 +40,7 @@ MAX_ORDER_COLUMNS = 32
 _COMPARISONS = {"eq": "=", "neq": "<>", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 _IS_VALUES = {None: "NULL", True: "TRUE", False: "FALSE"}
 _ROWS = '"authsvc_rows"'
+_NUMBERED = '"authsvc_numbered"'
 
 
 class Compiler:
@@ -97,31 +98,48 @@ class Compiler:
         if len(query.order) > MAX_ORDER_COLUMNS:
             raise _bad_request(f"order by at most {MAX_ORDER_COLUMNS} columns")
 
-        # Only the server's row cap "truncates"; a client's own limit does not.
+        # Only the server's row cap "truncates"; a client's own limit does not,
+        # nor does the cap when the filter pins the primary key (one row at most).
         capped = not query.limit or query.limit > self.max_rows
         cap = self.max_rows if capped else query.limit
+        if capped and _at_most_one_row(table, query.filter):
+            capped = False
         limit = params.add(cap + 1 if capped else cap)
         offset = params.add(query.offset)
+        rows = (
+            f"SELECT {columns} FROM {table.sql}{where}{order} "
+            f"LIMIT {limit} OFFSET {offset}"
+        )
+        # One aggregate over the rows, without CTEs: Postgres plans each
+        # nested level anew on every call (no prepared statements behind a
+        # transaction pooler), and this form costs it about a third less
+        # than three CTEs. Capped, one row more than the cap is fetched to
+        # tell a truncated result, numbered so that it stays out of the JSON.
+        # `alias.*` is the whole row even when a column has the alias's name.
+        if capped:
+            source = (
+                f"(SELECT to_json({_ROWS}.*) AS row, row_number() OVER () AS n "
+                f"FROM ({rows}) AS {_ROWS}) AS {_NUMBERED}"
+            )
+            aggregate = (
+                f"json_agg({_NUMBERED}.row) "
+                f"FILTER (WHERE {_NUMBERED}.n <= {params.add(cap)})"
+            )
+        else:
+            source = f"({rows}) AS {_ROWS}"
+            aggregate = f"json_agg({_ROWS}.*)"
         count_sql = (
             f", (SELECT count(*) FROM {table.sql}{where}) AS total"
             if query.count
             else ""
         )
-        # `alias.*` is the whole row even when a column has the alias's name.
-        ctes = (
-            f"WITH {_ROWS} AS (SELECT {columns} FROM {table.sql}{where}{order} "
-            f"LIMIT {limit} OFFSET {offset}), "
-            f'"authsvc_kept" AS (SELECT * FROM {_ROWS} LIMIT {params.add(cap)})'
-        )
         result = (
-            "SELECT (SELECT coalesce(json_agg(\"authsvc_kept\".*), '[]')::text "
-            'FROM "authsvc_kept") AS rows_json, '
-            f"(SELECT count(*) FROM {_ROWS}) AS fetched{count_sql}"
+            f"SELECT coalesce({aggregate}, '[]')::text AS rows_json, "
+            f"count(*) AS fetched{count_sql} FROM {source}"
         )
         others = ("fetched", "total") if query.count else ("fetched",)
-        sql = self._size_guarded(ctes, result, others, params)
         return Statement(
-            sql,
+            self._size_checked(result, others, params),
             params.values,
             "rows",
             extra={"cap": cap, "capped": capped},
@@ -284,6 +302,20 @@ class Compiler:
             "rows",
             require_affected=require_affected,
             max_affected=max_affected,
+        )
+
+    def _size_checked(
+        self, result: str, others: tuple[str, ...], params: _Params
+    ) -> str:
+        """Measure the JSON of a one-row `result` in Postgres; an oversized
+        result is never sent. A subquery with an aggregate runs once, so
+        its JSON is built once however often it is read here."""
+        limit = params.add(self.max_result_bytes)
+        rest = "".join(f", o.{name}" for name in others)
+        return (
+            f"SELECT CASE WHEN octet_length(o.rows_json) > {limit} THEN NULL "
+            f"ELSE o.rows_json END AS rows_json, octet_length(o.rows_json) AS size"
+            f"{rest} FROM ({result}) AS o"
         )
 
     def _size_guarded(
@@ -476,6 +508,21 @@ class _Params:
     @property
     def values(self) -> tuple[object, ...]:
         return tuple(self._values)
+
+
+def _at_most_one_row(table: Table, filter_: Filter | None) -> bool:
+    """Whether the filter requires every primary key column to equal a value
+    (a condition, or one of an AND group's, none of them negated)."""
+    if not table.primary_key or filter_ is None or filter_.negate:
+        return False
+    if isinstance(filter_, Group):
+        if filter_.any_:
+            return False
+        conditions = [c for c in filter_.items if isinstance(c, Condition)]
+    else:
+        conditions = [filter_]
+    pinned = {c.column for c in conditions if c.op == "eq" and not c.negate}
+    return pinned.issuperset(table.primary_key)
 
 
 def _convert(jsonb: str, kind: str, type_sql: str) -> str:
