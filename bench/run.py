@@ -24,7 +24,7 @@ BENCH_WORKERS (CPU count; used when `authsvc serve` has --workers),
 BENCH_BATCH (64 tokens per batch call), BENCH_MEMORY_SECONDS (60, the
 memory run after its 10 s warm-up), BENCH_ONLY (comma list of groups:
 ceiling, node, authsvc, data, memory), BENCH_PYSPY (a py-spy binary: profile
-authsvc during its ES256 and data cells into bench/results/profile-*.txt).
+authsvc during its ES256 (batch included) and data cells into bench/results/profile-*.txt).
 """
 
 from __future__ import annotations
@@ -483,6 +483,7 @@ class Bench:
 
         size = self.o.batch
         response_class = GetMessageClass(method.output_type)
+        profile = self._profile(pid, f"{alg}-batch") if alg == "ES256" else None
         cell = await self.cell(
             spec | {"batch": size},
             self.h2client(
@@ -499,6 +500,8 @@ class Bench:
                 lambda answer: _batch_refusal(response_class.FromString(answer)),
             ),
         )
+        if profile is not None:
+            await profile
         # Per token, not per call (latencies stay per call).
         if cell.get("requests_per_second"):
             cell["calls_per_second"] = cell["requests_per_second"]

@@ -311,3 +311,68 @@ async def test_access_log_errors_only_logs_failed_calls_but_counts_all(
     assert [getattr(r, "status", None) for r in access] == ["UNAUTHENTICATED"]
     rpcs = "authsvc_rpcs_total"
     assert _value(samples, rpcs, method="VerifyToken", caller="tests", code="OK") == 1
+
+
+def test_per_call_metrics_read_as_prometheus_clients_own_types() -> None:
+    """The per-call counters and histograms are our own collector (for
+    speed); a scrape must not tell them from prometheus_client's types fed
+    the same observations, bucket edges and `le` spelling included."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+    from authsvc.ops.metrics import QUERY_BUCKETS, RPC_BUCKETS, Metrics
+
+    ours = Metrics()
+    theirs = CollectorRegistry()
+    rpcs = Counter(
+        "authsvc_rpcs",
+        "RPCs handled, by method, caller and gRPC status code.",
+        ("method", "caller", "code"),
+        registry=theirs,
+    )
+    rpc_seconds = Histogram(
+        "authsvc_rpc_duration_seconds",
+        "Time to answer an RPC, from admission to response.",
+        ("method", "caller"),
+        buckets=RPC_BUCKETS,
+        registry=theirs,
+    )
+    verifications = Counter(
+        "authsvc_token_verifications",
+        "Token verifications (VerifyToken and user mode), by outcome and reason.",
+        ("outcome", "reason"),
+        registry=theirs,
+    )
+    query_seconds = Histogram(
+        "authsvc_db_query_duration_seconds",
+        "Time from a connection request to the result, by operation.",
+        ("operation",),
+        buckets=QUERY_BUCKETS,
+        registry=theirs,
+    )
+    # Below, on and between bounds, and past the last one.
+    for seconds in (0.0001, 0.0005, 0.0007, 0.001, 0.3, 2.5, 3.0):
+        ours.observe_rpc("VerifyToken", "app", "OK", seconds)
+        rpcs.labels("VerifyToken", "app", "OK").inc()
+        rpc_seconds.labels("VerifyToken", "app").observe(seconds)
+    ours.observe_rpc("Select", "-", "UNAUTHENTICATED", 0.002)
+    rpcs.labels("Select", "-", "UNAUTHENTICATED").inc()
+    rpc_seconds.labels("Select", "-").observe(0.002)
+    for reason in (None, None, "BAD_SIGNATURE"):
+        ours.observe_verification(reason)
+        outcome = "accepted" if reason is None else "rejected"
+        verifications.labels(outcome, reason or "").inc()
+    for operation, seconds in (("select", 0.004), ("select", 10.0), ("call", 11.0)):
+        ours.observe_query(operation, seconds)
+        query_seconds.labels(operation).observe(seconds)
+
+    def lines(exposition: bytes) -> list[str]:
+        names = ("authsvc_rpc", "authsvc_token_verif", "authsvc_db_query")
+        return sorted(
+            line
+            for line in exposition.decode().splitlines()
+            if any(name in line for name in names)
+        )
+
+    expected = lines(generate_latest(theirs))
+    assert len(expected) > 40
+    assert lines(ours.exposition()) == expected
