@@ -8,6 +8,8 @@ go through a real server and a real JWKS over loopback HTTP.
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 import pytest
 
@@ -208,6 +210,35 @@ async def test_a_batch_answers_each_token_in_order_as_verify_token_would(
     assert batch[4] == ("ok", "last")
     assert "expired_at" in response.results[1].error.metadata
     assert tokens[2] not in response.results[2].error.message
+
+
+async def test_batch_claims_are_whole_whether_built_or_taken_from_the_cache(
+    server: Running, keys: Keys
+) -> None:
+    token = es256(
+        keys.ec1,
+        supabase_claims(org_id="org-7", user_role="owner", user_metadata={"n": [1]}),
+    )
+
+    def batch() -> Any:
+        return server.auth.VerifyTokens(
+            auth_pb2.VerifyTokensRequest(tokens=[token]), timeout=10
+        )
+
+    built = (await batch()).results[0].claims  # verified now, the message built
+    single = await server.verify(token)  # the cached bytes
+    cached = (await batch()).results[0].claims  # parsed from the cached bytes
+
+    assert built == single == cached
+    assert (built.org_id, built.user_role, built.email) == (
+        "org-7",
+        "owner",
+        "a@example.com",
+    )
+    assert built.claims["user_metadata"]["n"] == [1]
+    assert built.user_metadata["n"] == [1]
+    assert built.app_metadata["provider"] == "email"
+    assert built.expires_at.seconds > built.issued_at.seconds > 0
 
 
 async def test_a_batch_at_the_limit_passes_and_one_more_is_refused_whole(

@@ -104,41 +104,50 @@ def response_bytes(verified: VerifiedToken) -> bytes:
     bytes are kept: the message itself takes about 5 KiB more per token."""
     data: bytes | None = verified.memo.get(_RESPONSE_BYTES)
     if data is None:
-        data = _build_response(verified).SerializeToString()
+        response = auth_pb2.VerifyTokenResponse()
+        _fill_response(response, verified)
+        data = response.SerializeToString()
         verified.memo[_RESPONSE_BYTES] = data
     return data
 
 
 def token_result(verified: VerifiedToken) -> auth_pb2.TokenResult:
     """One batch result; built from the kept bytes when there are some."""
+    result = auth_pb2.TokenResult()
     data: bytes | None = verified.memo.get(_RESPONSE_BYTES)
     if data is None:
-        response = _build_response(verified)
-        verified.memo[_RESPONSE_BYTES] = response.SerializeToString()
-        return auth_pb2.TokenResult(claims=response)
-    result = auth_pb2.TokenResult()
-    result.claims.ParseFromString(data)
+        # Built in place: a finished message passed to TokenResult(claims=)
+        # would be copied whole, claims Struct and all.
+        _fill_response(result.claims, verified)
+        verified.memo[_RESPONSE_BYTES] = result.claims.SerializeToString()
+    else:
+        result.claims.ParseFromString(data)
     return result
 
 
 _RESPONSE_BYTES = "VerifyTokenResponse.bytes"
 
 
-def _build_response(verified: VerifiedToken) -> auth_pb2.VerifyTokenResponse:
-    response = auth_pb2.VerifyTokenResponse(
-        sub=verified.sub,
-        email=verified.string_claim("email"),
-        phone=verified.string_claim("phone"),
-        role=verified.string_claim("role"),
-        aal=verified.string_claim("aal"),
-        session_id=verified.string_claim("session_id"),
-        is_anonymous=verified.is_anonymous,
-        issuer=verified.issuer,
-        audience=verified.audience,
-        org_id=verified.string_claim("org_id"),
-        user_role=verified.string_claim("user_role"),
-        key_id=verified.key_id or "",
-        algorithm=verified.algorithm,
+def _fill_response(
+    response: auth_pb2.VerifyTokenResponse, verified: VerifiedToken
+) -> None:
+    """Fill an empty response; the scalar fields are set in one C call."""
+    response.MergeFrom(
+        auth_pb2.VerifyTokenResponse(
+            sub=verified.sub,
+            email=verified.string_claim("email"),
+            phone=verified.string_claim("phone"),
+            role=verified.string_claim("role"),
+            aal=verified.string_claim("aal"),
+            session_id=verified.string_claim("session_id"),
+            is_anonymous=verified.is_anonymous,
+            issuer=verified.issuer,
+            audience=verified.audience,
+            org_id=verified.string_claim("org_id"),
+            user_role=verified.string_claim("user_role"),
+            key_id=verified.key_id or "",
+            algorithm=verified.algorithm,
+        )
     )
     response.issued_at.FromSeconds(verified.issued_at)
     response.expires_at.FromSeconds(verified.expires_at)
@@ -152,4 +161,3 @@ def _build_response(verified: VerifiedToken) -> auth_pb2.VerifyTokenResponse:
     ):
         if verified.object_claim(name):
             target.CopyFrom(fields[name].struct_value)
-    return response
