@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck protos install clean pgbouncer image-check
+.PHONY: run test lint typecheck protos install clean pgbouncer image-check help
 
 run: install ## set up, then start `authsvc dev` (local issuer, no Supabase needed)
 	$(BIN)/authsvc dev
@@ -33,7 +33,7 @@ image-check: ## build, install and run the wheel the way the image does
 # results in bench/results/latest.json. Never part of `make test`. Settings:
 # BENCH_SECONDS, BENCH_RUNS, ... (see bench/run.py).
 .PHONY: bench
-bench: install ## measure authsvc against the Node baseline and direct asyncpg
+bench: install pgbouncer ## measure authsvc against the Node baseline and direct asyncpg
 	$(BIN)/python -m bench.run
 
 lint: install
@@ -86,3 +86,6 @@ proto-baseline: $(TOOLS_STAMP) ## at a release: make protos/ the baseline of `bu
 
 clean:
 	rm -rf $(VENV) build *.egg-info authsvc/v1
+
+help: ## list the targets that have a description
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  make \1\t/' | expand -t 24

@@ -22,6 +22,8 @@ from pathlib import Path
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 STOP_TIMEOUT_SECONDS = 10.0
+# What is kept of a server's log once it has stopped.
+LOG_TAIL_BYTES = 1 << 20
 
 
 def _stat_fields(pid: int) -> list[str] | None:
@@ -163,6 +165,12 @@ class Service:
         return self
 
     async def stop(self) -> None:
+        try:
+            await self._stop()
+        finally:
+            _keep_tail(self.log, LOG_TAIL_BYTES)
+
+    async def _stop(self) -> None:
         process, self.process = self.process, None
         if process is None or process.returncode is not None:
             return
@@ -175,3 +183,18 @@ class Service:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             await process.wait()
+
+
+def _keep_tail(log: Path, size: int) -> None:
+    """Cut a stopped server's log to its last `size` bytes: one access line
+    per call makes hundreds of MB a run, and the end (errors, shutdown) is
+    what a reader needs."""
+    with contextlib.suppress(FileNotFoundError), log.open("r+b") as file:
+        length = file.seek(0, os.SEEK_END)
+        if length <= size:
+            return
+        file.seek(length - size)
+        tail = file.read().partition(b"\n")[2]  # from the first whole line
+        file.seek(0)
+        file.write(b"[... earlier lines cut by the bench ...]\n" + tail)
+        file.truncate()

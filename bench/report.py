@@ -150,7 +150,11 @@ def render(results: dict[str, Any]) -> str:
     out = [
         f"authsvc bench, {meta['machine']}; {meta['concurrency']} concurrent callers; "
         f"{meta['seconds']:g} s per cell after {meta['warmup']:g} s warm-up; "
-        f"{meta['runs']} run(s) per cell (medians)",
+        + (
+            f"{meta['runs']} runs per cell (the table shows medians)"
+            if meta["runs"] > 1
+            else "1 run per cell"
+        ),
         f"authsvc serve: {workers} process(es) ({meta['workers_note']}); "
         f"pyjwt {meta['pyjwt']}, cryptography {meta['cryptography']}, "
         f"grpcio {meta['grpcio']}, node {meta['node']}",
@@ -159,7 +163,8 @@ def render(results: dict[str, Any]) -> str:
             " ".join(f"{x:.2f}" for x in meta[k])
             for k in ("loadavg_before", "loadavg_after")
         )
-        + " (other work on the machine skews every figure)",
+        + " (the bench's own load raises the second; a high first one means"
+        " other work that skews every figure)",
         "",
         "VerifyToken  (requests/s; latency p50/p99 ms; CPU s per 1,000 verifications, "
         "service processes only)",
@@ -284,6 +289,11 @@ def render(results: dict[str, Any]) -> str:
     out.append(
         "* tokens ran out and were reused in that cell; ! some requests failed "
         "(see the JSON). Ratios: authsvc / baseline (rps), authsvc / direct (latency)."
+    )
+    out.append(
+        "Batch rows: tokens/s, latency per call of that many tokens, CPU per "
+        "token; 'crypto' = raw cryptography CPU per ES256 verification / "
+        "authsvc's CPU per token (1.00 would be no overhead at all)."
     )
     return "\n".join(out)
 
