@@ -512,7 +512,10 @@ class _Params:
 
 def _at_most_one_row(table: Table, filter_: Filter | None) -> bool:
     """Whether the filter requires every primary key column to equal a value
-    (a condition, or one of an AND group's, none of them negated)."""
+    (a condition, or one of an AND group's, none of them negated). A table
+    that others INHERIT from is the exception: a child's rows may repeat
+    the key. The LIMIT still holds there; only `truncated` could miss a cut
+    made past the row cap, which would take that many child tables."""
     if not table.primary_key or filter_ is None or filter_.negate:
         return False
     if isinstance(filter_, Group):
