@@ -45,6 +45,30 @@ async def stub(
         "PRIMARY KEY (org, seat)); GRANT SELECT ON public.seats TO service_role; "
         "TRUNCATE public.seats; INSERT INTO public.seats VALUES (1, 1), (1, 2), (1, 3)"
     )
+    await db.execute_as_superuser(
+        "CREATE TABLE IF NOT EXISTS public.plans (id int PRIMARY KEY); "
+        "CREATE TABLE IF NOT EXISTS public.plans_archived () INHERITS (public.plans); "
+        "GRANT SELECT ON public.plans, public.plans_archived TO service_role; "
+        "TRUNCATE public.plans, public.plans_archived; "
+        "INSERT INTO public.plans VALUES (1); "
+        "INSERT INTO public.plans_archived VALUES (1), (1)"
+    )
+    await db.execute_as_superuser(
+        "DO $$ BEGIN CREATE DOMAIN public.short_code AS varchar(3); "
+        "EXCEPTION WHEN duplicate_object THEN NULL; END $$; "
+        "CREATE TABLE IF NOT EXISTS public.sized (id int PRIMARY KEY, "
+        "code varchar(3), fixed char(3), price numeric(5,2), at timestamp(0), "
+        "codes varchar(3)[], short public.short_code); "
+        "GRANT SELECT, DELETE ON public.sized TO service_role; TRUNCATE public.sized; "
+        "INSERT INTO public.sized VALUES "
+        "(1, 'abc', 'abc', 1.23, '2020-01-01 00:00:00', '{abc}', 'abc'), "
+        "(2, 'xyz', 'xyz', 9.99, '2021-01-01 00:00:00', '{xyz}', 'xyz')"
+    )
+    await db.execute_as_superuser(
+        "CREATE OR REPLACE FUNCTION public.spelled(code char(3), flags bit(3)) "
+        "RETURNS text LANGUAGE sql IMMUTABLE "
+        "AS $$ SELECT code::text || ' ' || flags::text $$"
+    )
     server = await start_server(
         jwks, DATABASE_URL=pooled(bouncer, db), AUTHSVC_DB_ALLOW_ADMIN="true", **LIMITS
     )
@@ -223,7 +247,6 @@ async def test_truncation_keeps_the_first_rows_in_order_and_a_key_lookup_is_whol
 
     newest = await select(None, descending=True)
     oldest = await select(None, descending=False)
-    # The primary key pinned: one row at most, so no truncation to detect.
     by_key = await select(_cond(data_pb2.EQ, 3), descending=False)
     # Equal to a key in one branch of an OR pins nothing.
     either = await select(
@@ -244,6 +267,106 @@ async def test_truncation_keeps_the_first_rows_in_order_and_a_key_lookup_is_whol
         [1, 2],
         True,
     )
+
+
+async def test_a_key_lookup_on_a_table_others_inherit_from_is_still_capped(
+    stub: data_pb2_grpc.DataServiceStub,
+) -> None:
+    """The parent's key is unique in the parent only: its children's rows
+    (which a select on the parent also reads) may repeat it."""
+    response = await stub.Select(
+        data_pb2.SelectRequest(
+            mode=ADMIN,
+            target=data_pb2.Target(table="plans"),
+            filter=_cond(data_pb2.EQ, 1),
+        ),
+        timeout=10,
+    )
+
+    assert (len(json.loads(response.rows_json)), response.truncated) == (2, True)
+
+
+async def test_filter_values_are_never_cut_to_the_columns_length_or_scale(
+    stub: data_pb2_grpc.DataServiceStub,
+) -> None:
+    """A value longer or finer than the column's type matches nothing: it is
+    compared as it was sent, not cut to varchar(3) or rounded to numeric(5,2)."""
+
+    def on(column: str, op: int, value: Any) -> data_pb2.Filter:
+        return data_pb2.Filter(
+            condition=data_pb2.Condition(
+                column=column, op=op, value_json=json.dumps(value)
+            )
+        )
+
+    async def ids(where: data_pb2.Filter) -> list[int]:
+        response = await stub.Select(
+            data_pb2.SelectRequest(
+                mode=ADMIN,
+                target=data_pb2.Target(table="sized"),
+                columns=["id"],
+                filter=where,
+                order=[data_pb2.OrderBy(column="id")],
+            ),
+            timeout=10,
+        )
+        return [row["id"] for row in json.loads(response.rows_json)]
+
+    found = {
+        "varchar EQ": await ids(on("code", data_pb2.EQ, "abcdef")),
+        "varchar NEQ": await ids(on("code", data_pb2.NEQ, "abcdef")),
+        "varchar IN": await ids(on("code", data_pb2.IN, ["abcdef"])),
+        "char EQ": await ids(on("fixed", data_pb2.EQ, "abcdef")),
+        "char EQ exact": await ids(on("fixed", data_pb2.EQ, "abc")),
+        "numeric EQ": await ids(on("price", data_pb2.EQ, 1.234)),
+        "numeric GT": await ids(on("price", data_pb2.GT, 1.225)),
+        "timestamp EQ": await ids(on("at", data_pb2.EQ, "2020-01-01 00:00:00.4")),
+        "array CONTAINS": await ids(on("codes", data_pb2.CONTAINS, ["abcdef"])),
+        "domain EQ": await ids(on("short", data_pb2.EQ, "abcdef")),
+    }
+    refused = await _refused(
+        stub.Delete(
+            data_pb2.DeleteRequest(
+                mode=ADMIN,
+                target=data_pb2.Target(table="sized"),
+                filter=on("code", data_pb2.EQ, "xyzzy"),
+                require_affected=True,
+            ),
+            timeout=10,
+        )
+    )
+
+    assert found == {
+        "varchar EQ": [],
+        "varchar NEQ": [1, 2],
+        "varchar IN": [],
+        "char EQ": [],
+        "char EQ exact": [1],
+        "numeric EQ": [],
+        "numeric GT": [1, 2],
+        "timestamp EQ": [],
+        "array CONTAINS": [],
+        "domain EQ": [],
+    }
+    assert refused.reason == "NO_ROWS_AFFECTED"  # 'xyz' was not deleted
+    assert await ids(on("id", data_pb2.GT, 0)) == [1, 2]
+
+
+async def test_function_arguments_keep_their_whole_value(
+    stub: data_pb2_grpc.DataServiceStub,
+) -> None:
+    """char and bit arguments are bpchar and varbit-like "bit" without a
+    length, not char(1) and bit(1): nothing is cut on the way in."""
+    response = await stub.Call(
+        data_pb2.CallRequest(
+            mode=ADMIN,
+            function="spelled",
+            args_json=json.dumps({"code": "abcdef", "flags": "1011"}),
+        ),
+        timeout=10,
+    )
+
+    assert json.loads(response.result_json) == "abcdef 1011"
 
 
 async def test_half_of_a_composite_key_pins_nothing(

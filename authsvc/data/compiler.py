@@ -3,7 +3,9 @@ in the catalog's spelling; every value is a bound parameter.
 
 Values travel as JSON text bound as `jsonb`; Postgres converts them to each
 column's type (`($n::jsonb #>> '{}')::type`), so numbers keep their exact
-value whether the client sent a JSON number or a JSON string. Results are
+value whether the client sent a JSON number or a JSON string. The type is
+spelled without its modifier (see `schema`), so a value is never cut or
+rounded to the column's length or scale on the way. Results are
 built by Postgres with `json_agg`, so no row is converted in Python.
 """
 
@@ -98,12 +100,12 @@ class Compiler:
         if len(query.order) > MAX_ORDER_COLUMNS:
             raise _bad_request(f"order by at most {MAX_ORDER_COLUMNS} columns")
 
-        # Only the server's row cap "truncates"; a client's own limit does not,
-        # nor does the cap when the filter pins the primary key (one row at most).
+        # Only the server's row cap "truncates"; a client's own limit does not.
+        # (Even a filter on the whole primary key is capped: a table that
+        # others INHERIT from shows their rows too, keys repeated, and the
+        # cached catalog may be older than the table's key.)
         capped = not query.limit or query.limit > self.max_rows
         cap = self.max_rows if capped else query.limit
-        if capped and _at_most_one_row(table, query.filter):
-            capped = False
         limit = params.add(cap + 1 if capped else cap)
         offset = params.add(query.offset)
         rows = (
@@ -508,24 +510,6 @@ class _Params:
     @property
     def values(self) -> tuple[object, ...]:
         return tuple(self._values)
-
-
-def _at_most_one_row(table: Table, filter_: Filter | None) -> bool:
-    """Whether the filter requires every primary key column to equal a value
-    (a condition, or one of an AND group's, none of them negated). A table
-    that others INHERIT from is the exception: a child's rows may repeat
-    the key. The LIMIT still holds there; only `truncated` could miss a cut
-    made past the row cap, which would take that many child tables."""
-    if not table.primary_key or filter_ is None or filter_.negate:
-        return False
-    if isinstance(filter_, Group):
-        if filter_.any_:
-            return False
-        conditions = [c for c in filter_.items if isinstance(c, Condition)]
-    else:
-        conditions = [filter_]
-    pinned = {c.column for c in conditions if c.op == "eq" and not c.negate}
-    return pinned.issuperset(table.primary_key)
 
 
 def _convert(jsonb: str, kind: str, type_sql: str) -> str:

@@ -74,9 +74,16 @@ class Snapshot:
     functions: dict[tuple[str, str], list[Function]] = field(default_factory=dict)
 
 
+# A column's type_sql is what filter values are cast to: the type without
+# its modifier (a length, a precision), since an explicit cast to
+# varchar(3) or numeric(5,2) cuts or rounds the value, and 'abcdef' would
+# then match 'abc'. A typmod of -1 (rather than NULL) spells bpchar and
+# "bit" as such, not as character and bit, which mean char(1) and bit(1).
+# A domain's values are cast to its base type, for the same reason.
 _COLUMNS_SQL = """
 SELECT n.nspname, c.relname, a.attname,
-       format_type(a.atttypid, a.atttypmod) AS type_sql,
+       format_type(CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END,
+                   -1) AS type_sql,
        t.typname, t.typcategory::text AS typcategory,
        CASE WHEN t.typcategory = 'A' THEN format_type(t.typelem, NULL) END AS elem_sql,
        coalesce(a.attnum = ANY(pk.conkey), false) AS in_pk,
@@ -92,11 +99,11 @@ ORDER BY n.nspname, c.relname, a.attnum
 
 _FUNCTIONS_SQL = """
 SELECT n.nspname, p.proname, p.proretset, p.provolatile = 'v' AS volatile,
-       format_type(p.prorettype, NULL) AS returns_sql,
+       format_type(p.prorettype, -1) AS returns_sql,
        p.pronargs, p.pronargdefaults,
        coalesce(p.proargnames, '{}') AS argnames,
        coalesce(p.proargmodes::text[], '{}') AS argmodes,
-       ARRAY(SELECT format_type(x, NULL) FROM unnest(p.proargtypes) AS x) AS argtypes
+       ARRAY(SELECT format_type(x, -1) FROM unnest(p.proargtypes) AS x) AS argtypes
 FROM pg_proc p
 JOIN pg_namespace n ON n.oid = p.pronamespace
 WHERE n.nspname = ANY($1::text[]) AND p.prokind = 'f'
